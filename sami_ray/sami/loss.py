@@ -53,6 +53,11 @@ def diagonal_accuracy(logprobs: torch.Tensor) -> tuple[float, float]:
     return row, col
 
 
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits are normalised in fp32; fp32 and fp64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
     """log p(label_t) for each position, from logits already aligned with labels (shape (..., T, V) and (..., T)).
 
@@ -66,14 +71,14 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, chunk_size: int =
     for start in range(0, flat_logits.shape[0], chunk_size):
         chunk = flat_logits[start:start + chunk_size]
         picked = chunk.gather(-1, safe[start:start + chunk_size, None]).squeeze(-1)
-        pieces.append(picked.float() - torch.logsumexp(chunk.float(), dim=-1))
+        pieces.append(_upcast(picked) - torch.logsumexp(_upcast(chunk), dim=-1))
     out = torch.cat(pieces) if pieces else flat_logits.new_zeros(0)
     out = out.masked_fill(flat_labels == IGNORE_INDEX, 0.0)
     return out.reshape(labels.shape)
 
 
 def _hidden_chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    logits = (hidden @ weight.t()).float()
+    logits = _upcast(hidden @ weight.t())
     picked = logits.gather(-1, labels.clamp_min(0)[:, None]).squeeze(-1)
     return picked - torch.logsumexp(logits, dim=-1)
 
@@ -97,7 +102,7 @@ def token_logprobs_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tenso
             pieces.append(checkpoint(_hidden_chunk_logprobs, *args, use_reentrant=False))
         else:
             pieces.append(_hidden_chunk_logprobs(*args))
-    picked = torch.cat(pieces) if pieces else flat_h.new_zeros(0, dtype=torch.float32)
+    picked = torch.cat(pieces) if pieces else _upcast(flat_h.new_zeros(0))
     out = torch.zeros(flat_labels.shape, dtype=picked.dtype, device=flat_h.device)
     out = out.index_put((keep,), picked)
     return out.reshape(labels.shape)
