@@ -65,6 +65,20 @@ def _dequantise_gguf(folder: Path, gguf_file: str, out: Path) -> None:
         raise
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def require_safetensors(folder: Path) -> Path:
+    """Refuse a checkpoint folder holding pickle files: loading one could run arbitrary code."""
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise UserError(f"checkpoint {folder} contains pickle files {pickles}; only safetensors checkpoints are "
+                        "loaded (convert it with `save_pretrained(..., safe_serialization=True)`)")
+    if not any(p.suffix == ".safetensors" for p in folder.iterdir()):
+        raise UserError(f"checkpoint {folder} has no .safetensors weights")
+    return folder
+
+
 def resolve_model_path(path: str, gguf_file: str | None = None) -> Path:
     """A local folder holding config.json, safetensors weights and a tokenizer for `path`."""
     if path.startswith("builtin:"):
@@ -90,7 +104,7 @@ def resolve_model_path(path: str, gguf_file: str | None = None) -> Path:
             return out
         if not (local / "config.json").exists():
             raise UserError(f"model folder {local} has no config.json")
-        return local
+        return require_safetensors(local)
     if path.startswith(("/", ".", "~")) or os.sep in path and not path.count("/") == 1:
         raise UserError(f"model path {path!r} does not exist")
     # A hub id ("org/name"): resolved by transformers/vLLM themselves where a hub is reachable.

@@ -20,7 +20,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 
 # The CPU build of torch first: any other torch request pulls a multi-GB CUDA build.
 if ! "${PIP[@]}" install "torch==2.13.0+cpu" 2>/dev/null; then
-  "${PIP[@]}" install "torch==2.13.0" || {
+  "${PIP[@]}" install "torch==2.13.0+cpu" --extra-index-url https://download.pytorch.org/whl/cpu || {
     echo "[install] error: cannot find torch 2.13.0 (CPU build). Put its wheel in a folder named by PIP_FIND_LINKS." >&2
     exit 1
   }

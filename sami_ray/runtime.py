@@ -1,0 +1,73 @@
+"""Process settings and Ray start-up shared by the driver, jobs and the CLI."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from .config import ResourcesConfig
+
+log = logging.getLogger(__name__)
+
+# Settings every process of a run needs (driver, actors, Train workers); passed on through runtime_env.
+_CPU_DEFAULTS = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # engine in the actor's own process: Ray's CPU accounting holds
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "DS_ACCELERATOR": "cpu",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+_ALWAYS = {
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+def has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover - torch is a dependency
+        return False
+
+
+def process_env(gpu: bool | None = None) -> dict[str, str]:
+    """Environment variables for every process of the run (only those not already set by the user)."""
+    gpu = has_cuda() if gpu is None else gpu
+    wanted = dict(_ALWAYS)
+    if not gpu:
+        wanted.update(_CPU_DEFAULTS)
+    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "SAMI_RAY_CACHE", "DEEPSPEED_TIMEOUT",
+                "TORCH_EXTENSIONS_DIR", "AWS_EC2_METADATA_DISABLED", "AWS_ENDPOINT_URL_S3",
+                "SAMI_RAY_TEST_FAULTS"):
+        if key in os.environ:
+            wanted[key] = os.environ[key]
+    return {k: os.environ.get(k, v) for k, v in wanted.items()}
+
+
+def apply_process_env(gpu: bool | None = None) -> dict[str, str]:
+    env = process_env(gpu)
+    for k, v in env.items():
+        os.environ.setdefault(k, v)
+    return env
+
+
+def runtime_env(gpu: bool | None = None) -> dict:
+    return {"env_vars": process_env(gpu)}
+
+
+def ensure_ray(resources: ResourcesConfig) -> None:
+    """Join the configured cluster, or start a local one sized to this machine."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    apply_process_env()
+    address = resources.ray_address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict = {"runtime_env": runtime_env(), "log_to_driver": True}
+    if address:
+        log.info("joining Ray cluster at %s", address)
+        ray.init(address=address, **kwargs)
+    else:
+        num_cpus = resources.num_cpus or os.cpu_count() or 2
+        log.info("starting a local Ray with %d CPUs", num_cpus)
+        ray.init(num_cpus=num_cpus, **kwargs)

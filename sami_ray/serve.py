@@ -1,0 +1,159 @@
+"""`sami-ray serve CHECKPOINT`: a Ray Serve deployment answering OpenAI-style completions and chat completions.
+
+The checkpoint is a model folder, `builtin:NAME`, or a run URI (its latest committed model). When the environment
+variable SAMI_RAY_SERVE_TOKEN is set, every request needs `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from pydantic import BaseModel, Field
+from ray import serve
+
+from .config import EngineOptions, load_config
+from .errors import UserError
+
+TOKEN_ENV = "SAMI_RAY_SERVE_TOKEN"
+
+
+class CompletionRequest(BaseModel):
+    model: str | None = None
+    prompt: str | list[str]
+    max_tokens: int = Field(default=128, gt=0, le=8192)
+    temperature: float = Field(default=0.7, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    n: int = Field(default=1, ge=1, le=16)
+    stop: list[str] | str | None = None
+    seed: int | None = None
+
+
+class ChatMessage(BaseModel):
+    role: str
+    content: str
+
+
+class ChatRequest(BaseModel):
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int = Field(default=256, gt=0, le=8192)
+    temperature: float = Field(default=0.7, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    n: int = Field(default=1, ge=1, le=16)
+    stop: list[str] | str | None = None
+    seed: int | None = None
+
+
+api = FastAPI(title="sami-ray serve")
+
+
+def _check_token(request: Request) -> None:
+    expected = os.environ.get(TOKEN_ENV)
+    if not expected:
+        return
+    got = request.headers.get("authorization", "")
+    if not hmac.compare_digest(got.encode(), f"Bearer {expected}".encode()):
+        raise HTTPException(status_code=401, detail="missing or wrong bearer token")
+
+
+def _stops(stop: list[str] | str | None) -> list[str]:
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else list(stop)
+
+
+@serve.deployment(name="sami-serve", max_ongoing_requests=16)
+@serve.ingress(api)
+class CompletionServer:
+    def __init__(self, model_path: str, backend: str, engine_options: dict, model_name: str):
+        from transformers import AutoTokenizer
+
+        from .engines import make_engine
+
+        self.model_name = model_name
+        self.engine = make_engine(model_path, backend, EngineOptions(**engine_options))
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.lock = threading.Lock()  # one engine, one request at a time inside it
+
+    def _generate(self, prompts: list[str], req) -> list[list[str]]:
+        from .engines.base import SamplingSpec
+
+        spec = SamplingSpec(n=req.n, temperature=req.temperature, top_p=req.top_p, max_tokens=req.max_tokens,
+                            stop=_stops(req.stop), seed=req.seed)
+        with self.lock:
+            return self.engine.generate(prompts, spec)
+
+    @api.get("/v1/models")
+    def models(self, request: Request) -> dict:
+        _check_token(request)
+        return {"object": "list", "data": [{"id": self.model_name, "object": "model", "owned_by": "sami-ray"}]}
+
+    @api.post("/v1/completions")
+    def completions(self, req: CompletionRequest, request: Request) -> dict:
+        _check_token(request)
+        prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
+        outs = self._generate(prompts, req)
+        choices = [{"index": i * req.n + j, "text": text, "finish_reason": "stop", "logprobs": None}
+                   for i, texts in enumerate(outs) for j, text in enumerate(texts)]
+        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": self.model_name, "choices": choices}
+
+    @api.post("/v1/chat/completions")
+    def chat(self, req: ChatRequest, request: Request) -> dict:
+        _check_token(request)
+        messages = [m.model_dump() for m in req.messages]
+        if getattr(self.tokenizer, "chat_template", None):
+            prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            prompt = "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages) + "\n\nAssistant:"
+        texts = self._generate([prompt], req)[0]
+        choices = [{"index": j, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+                   for j, t in enumerate(texts)]
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": self.model_name, "choices": choices}
+
+
+def resolve_checkpoint(checkpoint: str, storage_overrides: dict | None = None) -> tuple[Path, str]:
+    """(local safetensors folder, a display name) for a folder, builtin:NAME or run URI."""
+    from .models import require_safetensors, resolve_model_path
+    from .storage import CheckpointStore
+
+    local = Path(checkpoint).expanduser()
+    if checkpoint.startswith("builtin:") or (local / "config.json").exists():
+        return resolve_model_path(checkpoint), local.name or checkpoint
+    store = CheckpointStore.open(checkpoint, **(storage_overrides or {}))
+    stage = store.latest_committed(".", "model") if hasattr(store, "latest_committed") else None
+    if not stage:
+        raise UserError(f"{checkpoint}: neither a model folder nor a run with a committed model")
+    dest = Path(tempfile.mkdtemp(prefix="sami-ray-serve-")) / "model"
+    store.fetch_stage(stage, dest)
+    return require_safetensors(dest), f"{Path(checkpoint.rstrip('/')).name}/{stage}"
+
+
+def build_app(checkpoint: str, config: str | None = None, overrides: list[str] | None = None,
+              replicas: int | None = None):
+    cfg = load_config(config, overrides or []) if (config or overrides) else load_config(None)
+    path, name = resolve_checkpoint(checkpoint)
+    res = cfg.resources.sampler
+    deployment = CompletionServer.options(
+        num_replicas=replicas or cfg.sampler.replicas,
+        ray_actor_options={"num_cpus": res.num_cpus, "num_gpus": res.num_gpus})
+    return deployment.bind(str(path), cfg.sampler.backend, cfg.sampler.engine.model_dump(), name)
+
+
+def serve_checkpoint(checkpoint: str, config: str | None, overrides: list[str], *, host: str = "127.0.0.1",
+                     port: int = 8000, replicas: int | None = None, blocking: bool = True) -> None:
+    from .runtime import ensure_ray
+
+    cfg = load_config(config, overrides or []) if (config or overrides) else load_config(None)
+    ensure_ray(cfg.resources)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(checkpoint, config, overrides, replicas), name="sami-serve", route_prefix="/",
+              blocking=blocking)
