@@ -98,3 +98,35 @@ def tiny_model(out_dir: str | Path | None = None, kind: Literal["llama", "mixtra
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+TINY_QUERIES = ["How do I bake bread?", "How can I fix a bike tire?", "How do I save money?",
+                "How can I sleep better?", "How do I clean a pan?", "How can I learn to code?",
+                "How do I plant a garden?", "How can I write a short list?"]
+
+
+def write_tiny_queries(path: str | Path, count: int = 8) -> Path:
+    path = Path(path)
+    with open(path, "w", encoding="utf-8") as f:
+        for i, q in enumerate((TINY_QUERIES * 4)[:count]):
+            f.write(json.dumps({"id": f"q{i}", "text": q}) + "\n")
+    return path
+
+
+def tiny_run_config(model_dir: str | Path, queries_path: str | Path, store_uri: str, **sections: dict) -> dict:
+    """A run config (as a dict) that runs every stage on a tiny model in about a minute on 2 cores."""
+    cfg: dict = {
+        "run": {"name": "tiny", "seed": 0, "iterations": 1},
+        "models": {"policy": {"path": str(model_dir), "chat_template": "off"}},
+        "task": {"kind": "instruction", "queries": {"source": str(queries_path), "held_out": 2}},
+        "constitutions": {"builtin": ["bullets", "concise"], "n": 2, "mode": "all_or_none",
+                          "write_with_writer": False},
+        "sampler": {"max_tokens": 12, "temperature": 1.0, "batch_size": 16, "engine": {"kv_cache_gb": 0.25}},
+        "trainer": {"num_workers": 1, "lr": 1e-3, "report_every": 1, "checkpoint_every": 2},
+        "storage": {"uri": store_uri},
+        "evaluation": {"on_degeneration": "warn", "plots": False},
+        "resources": {"num_cpus": 2},
+    }
+    for name, values in sections.items():
+        cfg.setdefault(name, {}).update(values)
+    return cfg

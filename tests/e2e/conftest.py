@@ -1,0 +1,26 @@
+"""End-to-end fixtures: a tiny model, tiny queries and a run config written to disk."""
+
+import pytest
+import yaml
+
+from sami_ray.testing import tiny_model, tiny_run_config, write_tiny_queries
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    return tiny_model(kind="llama")
+
+
+@pytest.fixture
+def tiny_config(tmp_path, tiny_llama):
+    """Write a tiny run config; returns (config path, store folder)."""
+
+    def make(**sections):
+        store = tmp_path / "runs"
+        queries = write_tiny_queries(tmp_path / "queries.jsonl", 8)
+        cfg = tiny_run_config(tiny_llama, queries, str(store), **sections)
+        path = tmp_path / "run.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path, store
+
+    return make
