@@ -1,0 +1,61 @@
+"""The DeepSpeed config of a training run, built from `TrainerConfig`.
+
+Optimizer and LR schedule are torch objects handed to `deepspeed.initialize` (see optim.py), so the config holds
+only what DeepSpeed itself manages: ZeRO stage and offload, precision, accumulation, clipping.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import TrainerConfig
+
+# Below this many parameters ZeRO-3 would keep every tensor whole under DeepSpeed's default persistence threshold
+# (1e5 elements); a threshold of 0 partitions everything, which tiny test models need to be sharded at all.
+SMALL_MODEL_PARAMS = 100_000_000
+
+
+def build_ds_config(cfg: TrainerConfig, *, world_size: int, num_params: int | None = None) -> dict[str, Any]:
+    """A DeepSpeed config dict. One DeepSpeed "sample" is one micro-batch of `micro_batch_queries` queries."""
+    zero: dict[str, Any] = {"stage": cfg.zero_stage}
+    if cfg.zero_stage == 3:
+        small = num_params is not None and num_params < SMALL_MODEL_PARAMS
+        zero.update({
+            "stage3_param_persistence_threshold": 0 if small else 100_000,
+            "stage3_gather_16bit_weights_on_model_save": True,
+            "overlap_comm": False,  # no side streams on CPU; on GPU the gain is small for this step's shape
+        })
+        if cfg.offload_params:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    if cfg.offload_optimizer and cfg.zero_stage >= 1:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "train_batch_size": cfg.grad_accum * world_size,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.dtype == "bfloat16"},
+        "fp16": {"enabled": False},
+        # torch AdamW/RMSprop: no C++ op to compile (FusedAdam / DeepSpeedCPUAdam cost 80-100 s on CPU).
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if cfg.max_grad_norm is not None:
+        config["gradient_clipping"] = cfg.max_grad_norm
+    return config
+
+
+def inference_ds_config(train_config: dict[str, Any]) -> dict[str, Any]:
+    """The frozen reference model's config: the same sharding, no optimizer, no offload of optimizer state."""
+    zero = {k: v for k, v in train_config["zero_optimization"].items() if k != "offload_optimizer"}
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": train_config["gradient_accumulation_steps"],
+        "train_batch_size": train_config["train_batch_size"],
+        "zero_optimization": zero,
+        "bf16": dict(train_config["bf16"]),
+        "fp16": {"enabled": False},
+        "steps_per_print": 10**9,
+    }

@@ -1,0 +1,249 @@
+"""Scoring every (constitution i, response j) pair of a micro-batch, and the SAMI objective built on it.
+
+Two layouts give the same numbers:
+
+- `reference`: one sequence per pair, `prompt_i + response_j`, all padded to the longest; the model's full
+  logits and a log-softmax over them (the straightforward way; kept to test the fast one against).
+- `shared_prefix` (default): one packed row per (query, constitution i): `prompt_i` followed by all N responses.
+  A tree-shaped attention mask lets each response see the prompt and its own earlier tokens only, with position
+  ids restarting after the prompt, so every response is scored exactly as if it followed the prompt alone. The
+  prompt is run once per row and its keys/values feed the N responses inside the same forward (a KV cache with
+  gradients flowing through it, and one that HF's activation checkpointing does not throw away, unlike
+  `past_key_values`). No pair repeats the prompt, padding is only the small length difference between rows, and
+  log-probs come from hidden states chunk by chunk, so the (positions x vocabulary) logits never exist at once.
+
+Both return per-pair token log-probs in the same (pairs, T) layout, pairs ordered (b, i, j) like `collate_pairs`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..sami.data import TokenizedExample, collate_pairs
+from ..sami.loss import (
+    IGNORE_INDEX,
+    diagonal_accuracy,
+    kl_to_reference,
+    sami_loss,
+    sequence_logprobs,
+    token_logprobs,
+    token_logprobs_from_hidden,
+)
+
+StepImpl = Literal["shared_prefix", "reference"]
+
+# Segment ids in a packed row.
+PAD_SEGMENT = -1
+PROMPT_SEGMENT = 0
+
+
+@dataclass
+class PackedPairs:
+    """B*N packed rows `prompt_i + response_1[:-1] + ... + response_N[:-1]` and where each pair's tokens live.
+
+    A response's last token is only ever predicted, never an input, so it is left out of the row.
+    """
+
+    input_ids: torch.Tensor  # (rows, L)
+    position_ids: torch.Tensor  # (rows, L)
+    segments: torch.Tensor  # (rows, L): PAD_SEGMENT, PROMPT_SEGMENT, or j+1 for response j
+    gather_index: torch.Tensor  # (pairs, T): flat index into rows*L of the position that predicts each token
+    labels: torch.Tensor  # (pairs, T): the predicted token, IGNORE_INDEX past a response's end
+    batch_size: int
+    n: int
+
+    def to(self, device: torch.device) -> PackedPairs:
+        return PackedPairs(self.input_ids.to(device), self.position_ids.to(device), self.segments.to(device),
+                           self.gather_index.to(device), self.labels.to(device), self.batch_size, self.n)
+
+
+def pack_shared_prefix(examples: Sequence[TokenizedExample], pad_token_id: int) -> PackedPairs:
+    if not examples:
+        raise ValueError("cannot pack an empty batch")
+    n = examples[0].n
+    if any(e.n != n for e in examples):
+        raise ValueError("all examples of a batch need the same N")
+    rows: list[tuple[list[int], list[int], list[int]]] = []  # ids, positions, segments
+    pair_sources: list[list[tuple[int, int]]] = []  # per pair: (row, position) per predicted token
+    pair_labels: list[list[int]] = []
+    for ex in examples:
+        if any(len(r) == 0 for r in ex.response_ids) or any(len(p) == 0 for p in ex.prompt_ids):
+            raise ValueError("every prompt and response needs at least one token")
+        for i in range(n):
+            prompt = ex.prompt_ids[i]
+            ids, pos, seg = list(prompt), list(range(len(prompt))), [PROMPT_SEGMENT] * len(prompt)
+            starts = []
+            for j in range(n):
+                resp = ex.response_ids[j]
+                starts.append(len(ids))
+                ids += resp[:-1]
+                pos += range(len(prompt), len(prompt) + len(resp) - 1)
+                seg += [j + 1] * (len(resp) - 1)
+            row = len(rows)
+            rows.append((ids, pos, seg))
+            for j in range(n):
+                resp = ex.response_ids[j]
+                # token t of response j is predicted at the last prompt position (t = 0) or at its token t-1.
+                pair_sources.append([(row, len(prompt) - 1)] + [(row, starts[j] + t - 1) for t in range(1, len(resp))])
+                pair_labels.append(list(resp))
+    length = max(len(r[0]) for r in rows)
+    r_count = len(rows)
+    input_ids = torch.full((r_count, length), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((r_count, length), dtype=torch.long)
+    segments = torch.full((r_count, length), PAD_SEGMENT, dtype=torch.long)
+    for k, (ids, pos, seg) in enumerate(rows):
+        input_ids[k, :len(ids)] = torch.tensor(ids)
+        position_ids[k, :len(pos)] = torch.tensor(pos)
+        segments[k, :len(seg)] = torch.tensor(seg)
+    width = max(len(lab) for lab in pair_labels)
+    gather_index = torch.zeros((len(pair_labels), width), dtype=torch.long)
+    labels = torch.full((len(pair_labels), width), IGNORE_INDEX, dtype=torch.long)
+    for k, (src, lab) in enumerate(zip(pair_sources, pair_labels, strict=True)):
+        gather_index[k, :len(src)] = torch.tensor([row * length + p for row, p in src])
+        labels[k, :len(lab)] = torch.tensor(lab)
+    return PackedPairs(input_ids, position_ids, segments, gather_index, labels, len(examples), n)
+
+
+def tree_attention_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive (rows, 1, L, L) mask: the prompt is causal, each response sees the whole prompt and its own past.
+
+    Padding positions see only themselves, so no softmax row is empty (their outputs are never read).
+    """
+    length = segments.shape[-1]
+    idx = torch.arange(length, device=segments.device)
+    causal = idx[None, :, None] >= idx[None, None, :]  # query a (dim 1) may see key b (dim 2) when b <= a
+    q, k = segments[:, :, None], segments[:, None, :]
+    sees_prompt = (k == PROMPT_SEGMENT) & ((q > PROMPT_SEGMENT) | ((q == PROMPT_SEGMENT) & causal))
+    same_response = (q > PROMPT_SEGMENT) & (k == q) & causal
+    itself = torch.eye(length, dtype=torch.bool, device=segments.device)[None]
+    allowed = sees_prompt | same_response | itself
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=segments.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+@dataclass
+class PairScores:
+    token_logprobs: torch.Tensor  # (pairs, T), 0 where labels are IGNORE_INDEX
+    labels: torch.Tensor  # (pairs, T)
+    aux_loss: torch.Tensor | None  # router load-balancing loss (MoE models), else None
+    input_tokens: int  # tokens the model ran on, padding included (for throughput)
+
+
+def _is_moe(model: nn.Module) -> bool:
+    return getattr(model.config, "num_local_experts", None) is not None
+
+
+def _load_balancing(model: nn.Module, router_logits: tuple[torch.Tensor, ...] | None,
+                    mask: torch.Tensor) -> torch.Tensor | None:
+    """The model family's own load-balancing loss over the real (non-padding) tokens."""
+    fn = getattr(sys.modules[type(model).__module__], "load_balancing_loss_func", None)
+    if fn is None or not router_logits:
+        return None
+    cfg = model.config
+    return fn(router_logits, cfg.num_local_experts, cfg.num_experts_per_tok, mask)
+
+
+class PairScorer(nn.Module):
+    """Wraps a causal LM; `forward(examples)` scores every pair of every example. DeepSpeed wraps this module.
+
+    The shared-prefix path projects hidden states with the LM head's weight outside the head's own forward; under
+    ZeRO-3 that weight is registered as an external parameter so DeepSpeed gathers it for this module.
+    """
+
+    def __init__(self, model: nn.Module, impl: StepImpl = "shared_prefix", chunk_size: int = 512,
+                 pad_token_id: int = 0, router_logits: bool = False) -> None:
+        super().__init__()
+        if impl not in ("shared_prefix", "reference"):
+            raise ValueError(f"unknown step implementation {impl!r}")
+        self.model = model
+        self.impl = impl
+        self.chunk_size = chunk_size
+        self.pad_token_id = pad_token_id
+        self.router_logits = router_logits and _is_moe(model)
+
+    def register_for_zero3(self) -> None:
+        import deepspeed
+
+        deepspeed.zero.register_external_parameter(self, self.model.get_output_embeddings().weight)
+
+    def _device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    def _dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    def forward(self, examples: Sequence[TokenizedExample]) -> PairScores:
+        if self.impl == "reference":
+            return self._reference(examples)
+        return self._shared_prefix(examples)
+
+    def _reference(self, examples: Sequence[TokenizedExample]) -> PairScores:
+        batch = collate_pairs(examples, self.pad_token_id)
+        dev = self._device()
+        extra = {"output_router_logits": True} if self.router_logits else {}
+        out = self.model(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev),
+                         use_cache=False, **extra)
+        labels = batch.labels.to(dev)
+        lp = token_logprobs(out.logits, labels)
+        aux = getattr(out, "aux_loss", None) if self.router_logits else None
+        return PairScores(lp, labels, aux, batch.input_ids.numel())
+
+    def _shared_prefix(self, examples: Sequence[TokenizedExample]) -> PairScores:
+        packed = pack_shared_prefix(examples, self.pad_token_id).to(self._device())
+        mask = tree_attention_mask(packed.segments, self._dtype())
+        extra = {"output_router_logits": True} if self.router_logits else {}
+        out = self.model.base_model(input_ids=packed.input_ids, attention_mask=mask,
+                                    position_ids=packed.position_ids, use_cache=False, **extra)
+        hidden = out.last_hidden_state
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        picked = flat.index_select(0, packed.gather_index.reshape(-1)).reshape(*packed.gather_index.shape, -1)
+        weight = self.model.get_output_embeddings().weight
+        lp = token_logprobs_from_hidden(picked, weight, packed.labels, chunk_size=self.chunk_size)
+        aux = None
+        if self.router_logits:
+            aux = _load_balancing(self.model, getattr(out, "router_logits", None),
+                                  (packed.segments != PAD_SEGMENT).to(hidden.dtype))
+        return PairScores(lp, packed.labels, aux, packed.input_ids.numel())
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # what backward runs on
+    sami_loss: float
+    kl: float
+    aux_loss: float
+    row_accuracy: float
+    col_accuracy: float
+    response_tokens: int
+    input_tokens: int
+    n: int
+
+
+def sami_objective(scores: PairScores, ref_scores: PairScores | None, *, batch_size: int, n: int,
+                   normalization: str = "mean", beta: float = 0.0, router_aux_coef: float = 0.0) -> StepOutput:
+    """SAMI loss on the (B, N, N) matrix, plus beta * KL to the reference and the router loss when asked."""
+    seq = sequence_logprobs(scores.token_logprobs, scores.labels, normalization)  # type: ignore[arg-type]
+    matrix = seq.reshape(batch_size, n, n)
+    core = sami_loss(matrix)
+    loss = core
+    kl_value = 0.0
+    if ref_scores is not None:
+        kl = kl_to_reference(scores.token_logprobs, ref_scores.token_logprobs.detach(), scores.labels).mean()
+        kl_value = float(kl.detach())
+        if beta > 0:
+            loss = loss + beta * kl
+    aux_value = 0.0
+    if scores.aux_loss is not None and torch.is_tensor(scores.aux_loss):
+        aux_value = float(scores.aux_loss.detach())
+        if router_aux_coef > 0:
+            loss = loss + router_aux_coef * scores.aux_loss.to(loss.dtype)
+    row, col = diagonal_accuracy(matrix)
+    return StepOutput(loss, float(core.detach()), kl_value, aux_value, row, col,
+                      int((scores.labels != IGNORE_INDEX).sum()), scores.input_tokens, n)
