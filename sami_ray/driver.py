@@ -22,11 +22,12 @@ from pathlib import Path
 
 import yaml
 
+from . import metrics
 from .config import RunConfig, config_from_dict
 from .errors import UserError
 from .inputs import load_run_queries, seed_principles, split_queries
 from .models import require_safetensors, resolve_model_path
-from .runtime import ensure_ray, has_cuda, runtime_env
+from .runtime import ensure_ray, runtime_env
 from .sami.constitutions import PrincipleSet, relevant_principles, sample_constitutions
 from .sami.data import Query, ResponseFilter, SamiExample, load_examples, save_examples
 from .sami.prompts import has_chat_template, render_prompt
@@ -186,6 +187,7 @@ class Run:
     def stage_principles(self) -> PrincipleSet:
         if self.store.is_committed(PRINCIPLES_STAGE):
             return PrincipleSet.from_dict(self.store.get_json(f"{PRINCIPLES_STAGE}/principles.json"))
+        metrics.set_stage(self.run_id, "principles", 0)
         c = self.cfg.constitutions
         seeds = seed_principles(c)
         if self.cfg.models.writer is not None and c.write_with_writer:
@@ -213,12 +215,24 @@ class Run:
 
                 ray.kill(writer)
 
+    @property
+    def run_id(self) -> str:
+        return self.store.uri.rstrip("/").rsplit("/", 1)[-1]
+
+    def _commit(self, stage: str, folder: Path, meta: dict | None = None) -> None:
+        """Commit a stage and report its size and upload time to the dashboard."""
+        size = sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+        t0 = time.perf_counter()
+        self.store.commit_stage(stage, Path(folder), meta=meta or {})
+        metrics.record("sami_checkpoint_upload_bytes", size, self.run_id, stage=stage)
+        metrics.record("sami_checkpoint_upload_seconds", time.perf_counter() - t0, self.run_id, stage=stage)
+
     def _commit_json(self, stage: str, files: dict[str, object], meta: dict | None = None) -> None:
         folder = Path(tempfile.mkdtemp(dir=self.workdir, prefix="stage-"))
         try:
             for name, obj in files.items():
                 (folder / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
-            self.store.commit_stage(stage, folder, meta=meta or {})
+            self._commit(stage, folder, meta)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -266,7 +280,11 @@ class Run:
         if self.store.is_committed(key):
             return self.store.fetch_stage(key, local) / "examples.jsonl"
         queries = self.iteration_queries(k, train)
+        metrics.set_stage(self.run_id, "sample", k)
+        t0 = time.perf_counter()
         kept, dropped = self._timed(f"iter{k}_sample", self.sample_examples, k, model_stage, queries, principles)
+        metrics.record("sami_samples_per_second", len(queries) * self.cfg.constitutions.n /
+                       max(time.perf_counter() - t0, 1e-6), self.run_id, stage="sample")
         if not kept:
             raise UserError(f"iteration {k}: every sampled example was dropped by the response filters "
                             f"({dropped}); loosen sampler.filters or raise sampler.max_tokens")
@@ -276,8 +294,7 @@ class Run:
         save_examples(folder / "examples.jsonl", kept)
         (folder / "stats.json").write_text(json.dumps({"kept": len(kept), "queries": len(queries),
                                                        "dropped": dropped}))
-        self.store.commit_stage(key, folder, meta={"kept": len(kept), "dropped": dropped,
-                                                   "sampled_with": model_stage or "base"})
+        self._commit(key, folder, meta={"kept": len(kept), "dropped": dropped, "sampled_with": model_stage or "base"})
         shutil.rmtree(folder, ignore_errors=True)
         return self.store.fetch_stage(key, local) / "examples.jsonl"
 
@@ -288,8 +305,7 @@ class Run:
         if self.store.is_committed(key):
             return key
         ensure_ray(self.cfg.resources)
-        if self._pool is not None and not has_cuda() and self.cfg.resources.num_cpus is None:
-            pass  # CPU machines: the idle sampler keeps its CPU reservation; the trainer uses what is left.
+        metrics.set_stage(self.run_id, "train", k)
         out = Path(tempfile.mkdtemp(dir=self.workdir, prefix="export-")) / "model"
         fs, base = self.store.pyarrow_filesystem()
         result = self._timed(
@@ -301,8 +317,12 @@ class Run:
             seed=self.cfg.run.seed + k)
         self.store.put_json(f"{iter_prefix(k)}/train_metrics.json",
                             {"metrics": result.metrics, "summary": result.summary})
-        self.store.commit_stage(key, Path(result.model_dir), meta={"init": init_stage or "base",
-                                                                   "summary": result.summary})
+        metrics.set_stage(self.run_id, "export", k)
+        self._commit(key, Path(result.model_dir), meta={"init": init_stage or "base", "summary": result.summary})
+        for name, metric in (("loss", "sami_train_loss"), ("mi_bound", "sami_mi_bound"),
+                             ("tokens_per_s", "sami_tokens_per_second")):
+            if isinstance(result.summary.get(name), int | float):
+                metrics.record(metric, result.summary[name], self.run_id, source="train")
         shutil.rmtree(out.parent, ignore_errors=True)
         self.store.prune(".", keep_last=self.cfg.storage.keep_last_checkpoints)
         return key
@@ -317,6 +337,7 @@ class Run:
         from .evaluate.report import plot_history, write_report
         from .evaluate.runner import evaluate_iteration
 
+        metrics.set_stage(self.run_id, "eval", k)
         policy = self.pool(model_stage)
         report = self._timed(f"iter{k}_eval", evaluate_iteration, policy, held_out, principles.principles,
                              self.cfg.evaluation, self.cfg.task.kind, self.render, k, base_report,
@@ -328,7 +349,11 @@ class Run:
             history = [self.store.get_json(f"{stage_key(i, 'eval')}/report.json") for i in range(k)
                        if self.store.is_committed(stage_key(i, "eval"))]
             plot_history(history + [report], folder)
-        self.store.commit_stage(key, folder, meta={"degeneration": report.get("degeneration", {}).get("action")})
+        self._commit(key, folder, meta={"degeneration": report.get("degeneration", {}).get("action")})
+        mi = report.get("mi_bound")
+        mi = mi.get("mi_bound") if isinstance(mi, dict) else mi
+        if isinstance(mi, int | float):
+            metrics.record("sami_mi_bound", mi, self.run_id, source="eval")
         shutil.rmtree(folder, ignore_errors=True)
         return report
 
@@ -361,6 +386,7 @@ class Run:
                     summary.stopped_early = f"degeneration guard tripped at iteration {k}"
                     break
             summary.final_model = current
+            metrics.set_stage(self.run_id, "done", self.cfg.run.iterations)
             summary.timings = dict(self.timings, total=round(time.perf_counter() - t0, 1))
             self.store.put_json("summary.json", {"final_model": current, "timings": summary.timings,
                                                  "stopped_early": summary.stopped_early})
