@@ -1,0 +1,3 @@
+from .trainer import TrainResult, train
+
+__all__ = ["TrainResult", "train"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -128,8 +128,10 @@ def tree_attention_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Ten
     return mask[:, None]
 
 
-@dataclass
-class PairScores:
+class PairScores(NamedTuple):
+    """A named tuple, not a dataclass: ZeRO-3 hooks the backward pass of a module only through tensors it finds
+    in the module's output (tuples, lists, dicts), and the LM head weight must be gathered there again."""
+
     token_logprobs: torch.Tensor  # (pairs, T), 0 where labels are IGNORE_INDEX
     labels: torch.Tensor  # (pairs, T)
     aux_loss: torch.Tensor | None  # router load-balancing loss (MoE models), else None

