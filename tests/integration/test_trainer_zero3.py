@@ -192,3 +192,14 @@ def test_bad_input_is_one_user_error(ray_cluster, workdir, model_dir, examples_p
         _train(ray_cluster, workdir, model_dir, examples_path, "bad", _cfg(beta=0.1))
     with pytest.raises(UserError, match="no-such-model"):
         _train(ray_cluster, workdir, workdir / "no-such-model", examples_path, "bad", _cfg())
+
+
+def test_early_stop_in_bf16(ray_cluster, workdir, model_dir, examples_path):
+    cfg = _cfg(dtype="bfloat16", early_stop_mi_bound=0.05, report_every=2, max_steps=8, lr=3e-3)
+    result = _train(ray_cluster, workdir, model_dir, examples_path, "early-stop", cfg)
+    assert result.summary["early_stopped"] and result.summary["steps"] < 8
+    assert result.metrics[-1]["early_stopped"] and result.metrics[-1]["mi_bound"] > 0.05
+    from safetensors import safe_open
+
+    with safe_open(str(Path(result.model_dir) / "model.safetensors"), framework="pt") as f:
+        assert f.get_tensor(next(iter(f.keys()))).dtype == torch.bfloat16

@@ -103,3 +103,41 @@ def test_packing_layout():
 def test_unknown_impl_is_refused(model_pair):
     with pytest.raises(ValueError, match="unknown step implementation"):
         PairScorer(model_pair[0], "fast")  # type: ignore[arg-type]
+
+
+def test_lr_schedule_shapes():
+    from sami_ray.train.optim import lr_factor
+
+    assert [lr_factor(s, warmup_steps=2, total_steps=10, schedule="constant") for s in (0, 1, 5)] == [0.5, 1.0, 1.0]
+    assert lr_factor(6, warmup_steps=2, total_steps=10, schedule="linear") == pytest.approx(0.5)
+    assert lr_factor(6, warmup_steps=2, total_steps=10, schedule="cosine") == pytest.approx(0.5)
+    assert lr_factor(10, warmup_steps=2, total_steps=10, schedule="cosine") == pytest.approx(0.0)
+
+
+def test_ds_config_from_trainer_config():
+    from sami_ray.config import TrainerConfig
+    from sami_ray.train.ds_config import build_ds_config, inference_ds_config
+
+    cfg = TrainerConfig(grad_accum=4, dtype="bfloat16", offload_params=True, offload_optimizer=True,
+                        max_grad_norm=0.4)
+    ds = build_ds_config(cfg, world_size=8, num_params=1000)
+    assert ds["train_batch_size"] == 32 and ds["gradient_clipping"] == 0.4 and ds["bf16"]["enabled"]
+    zero = ds["zero_optimization"]
+    assert zero["stage"] == 3 and zero["stage3_param_persistence_threshold"] == 0
+    assert zero["offload_param"]["device"] == "cpu" and zero["offload_optimizer"]["device"] == "cpu"
+    assert "offload_optimizer" not in inference_ds_config(ds)["zero_optimization"]
+    big = build_ds_config(cfg, world_size=8, num_params=47_000_000_000)
+    assert big["zero_optimization"]["stage3_param_persistence_threshold"] > 0
+
+
+def test_data_stream_is_deterministic_and_covers_each_epoch():
+    from sami_ray.train.data_stream import micro_batch_indices, total_steps
+
+    kw = dict(num_examples=10, micro_batch=1, grad_accum=1, world_size=2, seed=7)
+    assert total_steps(10, epochs=1.0, max_steps=None, micro_batch=1, grad_accum=1, world_size=2) == 5
+    first_epoch = [i for s in range(5) for r in range(2) for i in micro_batch_indices(s, 0, r, **kw)]
+    assert sorted(first_epoch) == list(range(10))
+    # a restarted worker that resumes at step 3 reads exactly what the first one would have
+    assert micro_batch_indices(3, 0, 1, **kw) == micro_batch_indices(3, 0, 1, **kw)
+    assert micro_batch_indices(5, 0, 0, **kw) != [] and total_steps(10, epochs=0.1, max_steps=None, micro_batch=1,
+                                                                     grad_accum=1, world_size=2) == 1
