@@ -91,6 +91,8 @@ def train(examples_path: str, init_model_path: str, ref_model_path: str | None, 
         "ref_model_path": str(ref_model_path) if ref_model_path else None, "seed": seed, "use_gpu": use_gpu,
         "num_cpus": resources.num_cpus, "metrics_sink": sink,
     }
+    if storage_filesystem is None and "://" not in storage_path:
+        storage_path = os.path.abspath(storage_path)  # Ray Train wants an absolute local path
     timeout_s = trainer_cfg.collective_timeout_min * 60
     trainer = TorchTrainer(
         train_loop,
