@@ -1,0 +1,75 @@
+"""The degeneration guard: a higher MI bound is not success when answers stop answering.
+
+A policy can separate constitutions by answering one of them with evasive one-liners ("I understand these
+instructions clearly."). Per constitution we measure:
+- on-topic share: the answer shares at least one content word stem with the query (stop words removed). Cheap,
+  deterministic and model-free; it tracked the failure seen on these machines (0.88 -> 0.38 -> 0.03) while a
+  judge-free alternative scored by the policy itself could be gamed by the same policy;
+- evasive share: empty or under 3 words, or an answer under 30 words that opens with a stock non-answer
+  ("I understand", "I cannot", "As an AI", "I'm sorry", ...);
+- repetition: mean share of repeated word 3-grams; mean length in words.
+An iteration is flagged when, for any constitution, the on-topic share falls more than `drop_points` percentage
+points below the base model's, or the evasive share rises by more than that. The action is then the config's
+`on_degeneration` ("warn" | "stop" | "rollback"), else "none".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+from .text import content_stems, ngram_repetition, word_count
+
+EVASIVE_OPENINGS = re.compile(
+    r"^\W*(?:i understand|i cannot|i can't|i can not|i'm sorry|i am sorry|sorry\b|as an ai|as a language model|"
+    r"i'm not able|i am not able|i'm unable|i am unable|i apologi[sz]e|i will follow|i'll follow|understood|"
+    r"thank you for|noted\b|i'm here to help|i am here to help|of course[.!]?$|sure[.!]?$|okay[.!]?$)",
+    re.IGNORECASE)
+
+
+def is_on_topic(response: str, query: str) -> bool:
+    """Shares a content word stem with the query; a query with no content words cannot be judged and counts as met."""
+    q = content_stems(query)
+    return not q or bool(q & content_stems(response))
+
+
+def is_evasive(response: str) -> bool:
+    n = word_count(response)
+    return n < 3 or (n < 30 and bool(EVASIVE_OPENINGS.match(response.strip())))
+
+
+def answer_stats(pairs: Sequence[tuple[str, str]]) -> dict:
+    """Stats of (query, response) pairs."""
+    if not pairs:
+        return {"n": 0, "on_topic": None, "evasive": None, "empty": None, "repetition": None, "mean_words": None}
+    k = len(pairs)
+    return {
+        "n": k,
+        "on_topic": sum(is_on_topic(r, q) for q, r in pairs) / k,
+        "evasive": sum(is_evasive(r) for _, r in pairs) / k,
+        "empty": sum(not r.strip() for _, r in pairs) / k,
+        "repetition": sum(ngram_repetition(r) for _, r in pairs) / k,
+        "mean_words": sum(word_count(r) for _, r in pairs) / k,
+    }
+
+
+def degeneration_report(groups: Mapping[str, Sequence[tuple[str, str]]], base: Mapping | None,
+                        drop_points: float, on_degeneration: str) -> dict:
+    """`groups`: constitution id -> (query, response) pairs; `base`: the base model's degeneration report."""
+    per = {cid: answer_stats(pairs) for cid, pairs in groups.items()}
+    overall = answer_stats([pr for pairs in groups.values() for pr in pairs])
+    reasons: list[str] = []
+    base_per = (base or {}).get("per_constitution") or {}
+    limit = drop_points / 100.0
+    for cid, stats in per.items():
+        ref = base_per.get(cid)
+        if not ref or stats["n"] == 0:
+            continue
+        if ref.get("on_topic") is not None and ref["on_topic"] - stats["on_topic"] > limit:
+            reasons.append(f"{cid}: on-topic share {stats['on_topic']:.2f} vs base {ref['on_topic']:.2f}")
+        if ref.get("evasive") is not None and stats["evasive"] - ref["evasive"] > limit:
+            reasons.append(f"{cid}: evasive share {stats['evasive']:.2f} vs base {ref['evasive']:.2f}")
+    flagged = bool(reasons)
+    return {"per_constitution": per, "overall": overall, "flagged": flagged, "reasons": reasons,
+            "action": on_degeneration if flagged else "none", "drop_points": drop_points,
+            "compared_to_base": bool(base_per)}

@@ -1,0 +1,158 @@
+"""One evaluation of one model: the driver calls `evaluate_iteration` after every iteration (and once for the base
+model, iteration 0, whose report is the baseline of the degeneration guard and the judge)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+from ..config import ConstitutionsConfig, EvaluationConfig
+from ..errors import ConfigError
+from ..sami.constitutions import Constitution, Principle, relevant_principles, sample_constitutions
+from ..sami.data import Query
+from ..sami.prompts import render_prompt
+from .degeneration import degeneration_report
+from .gsm8k import gsm8k_eval
+from .judge import PairItem, judge_from_config, judge_pairs
+from .mi_bound import mi_bound
+from .policy import Policy, Sampling, generate_one
+from .verifiable import principle_rates
+
+log = logging.getLogger(__name__)
+
+Renderer = Callable[[str, str], str]  # (constitution text, query text) -> prompt
+
+
+def prompt_renderer(task_kind: str, tokenizer: object | None = None) -> Renderer:
+    """A renderer from a task kind and (for chat models) a tokenizer with a chat template."""
+    return lambda constitution, query: render_prompt(task_kind, constitution, query, tokenizer)
+
+
+def eval_constitutions(queries: Sequence[Query], principles: Sequence[Principle], n: int, seed: int,
+                       cons_cfg: ConstitutionsConfig) -> list[tuple[Query, list[Constitution]]]:
+    """The same N constitutions per held-out query at every iteration (they depend only on the seed and query id)."""
+    out = []
+    for q in queries:
+        ps = relevant_principles(principles, q.category) if cons_cfg.filter_by_category else list(principles)
+        if not ps:
+            continue
+        try:
+            cons = sample_constitutions(ps, n, seed=seed, key=("eval", q.id), mode=cons_cfg.mode,
+                                        first_all_positive=cons_cfg.first_all_positive, shuffle=cons_cfg.shuffle,
+                                        phrasing=cons_cfg.phrasing)
+        except ValueError as e:
+            raise ConfigError(f"evaluation.n = {n}: {e}") from None
+        out.append((q, cons))
+    return out
+
+
+def evaluate_iteration(policy: Policy, held_out_queries: Sequence[Query], principles: Sequence[Principle],
+                       cfg: EvaluationConfig, task_kind: str, render: Renderer | None, iteration: int,
+                       base_report: dict | None, seed: int, sampler_cfg: object | None = None,
+                       constitutions_cfg: ConstitutionsConfig | None = None, *,
+                       judge_policy: Policy | None = None, baseline_report: dict | None = None) -> dict:
+    """Evaluate `policy` on the held-out queries; a JSON-serialisable report (see `report.py` for its keys).
+
+    `base_report` is iteration 0's report (None while evaluating the base model itself). The judge compares with
+    `baseline_report` when given (e.g. the previous iteration's), else with `base_report`.
+    """
+    cons_cfg = constitutions_cfg or ConstitutionsConfig()
+    n = cfg.n or cons_cfg.n
+    render = render or prompt_renderer(task_kind)
+    sampling = Sampling.from_sampler(sampler_cfg)
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+    plan = eval_constitutions(held_out_queries, principles, n, seed, cons_cfg)
+    if len(plan) < len(held_out_queries):
+        notes.append(f"{len(held_out_queries) - len(plan)} held-out queries have no relevant principle; skipped")
+    prompts = [[render(c.text, q.text) for c in cons] for q, cons in plan]
+    flat_prompts = [p for ps in prompts for p in ps]
+
+    records: list[dict] = []
+    per_seed: list[dict] = []
+    for s in cfg.seeds:
+        t0 = time.perf_counter()
+        flat = generate_one(policy, flat_prompts, sampling, seed=s)
+        timings["sample"] = timings.get("sample", 0.0) + time.perf_counter() - t0
+        responses = [flat[k * n:(k + 1) * n] for k in range(len(plan))]
+        for (q, cons), rs in zip(plan, responses, strict=True):
+            records += [{"query_id": q.id, "seed": s, "constitution_id": c.id, "response": r}
+                        for c, r in zip(cons, rs, strict=True)]
+        if cfg.mi_bound and plan:
+            t0 = time.perf_counter()
+            per_seed.append({"seed": s, **mi_bound(policy, prompts, responses)})
+            timings["score"] = timings.get("score", 0.0) + time.perf_counter() - t0
+
+    by_id = {q.id: (q, {c.id: c for c in cons}) for q, cons in plan}
+    # (constitution, query, seed, response) for every sampled answer
+    answers = [(by_id[r["query_id"]][1][r["constitution_id"]], by_id[r["query_id"]][0], r["seed"], r["response"])
+               for r in records]
+    report: dict = {"iteration": iteration, "n": n, "seeds": list(cfg.seeds), "queries": len(plan),
+                    "sampling": vars(sampling)}
+    if cfg.mi_bound:
+        report["mi_bound"] = _mean_bound(per_seed, n)
+    if cfg.verifiable:
+        report["verifiable"] = principle_rates([(c.signs, q.text, r) for c, q, _, r in answers], principles)
+    groups: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for c, q, _, r in answers:
+        groups[c.id].append((q.text, r))
+    if cfg.degeneration_guard:
+        base_deg = (base_report or {}).get("degeneration")
+        report["degeneration"] = degeneration_report(groups, base_deg, cfg.on_topic_drop_points, cfg.on_degeneration)
+        if report["degeneration"]["flagged"]:
+            log.warning("iteration %d: degeneration guard flagged: %s", iteration,
+                        "; ".join(report["degeneration"]["reasons"]))
+    report["samples"] = {cid: [{"query": q, "response": r[:600]} for q, r in pairs[:cfg.sample_answers]]
+                         for cid, pairs in groups.items()}
+    report["constitutions"] = {c.id: c.text for _, cons in plan for c in cons}
+    report["responses"] = records
+
+    if cfg.judge.kind != "none":
+        t0 = time.perf_counter()
+        report["judge"] = _judge(cfg, answers, baseline_report or base_report, judge_policy, notes)
+        timings["judge"] = time.perf_counter() - t0
+    if cfg.gsm8k_k > 0:
+        math_plan = [(q, cons) for q, cons in plan if q.reference]
+        if math_plan:
+            t0 = time.perf_counter()
+            report["gsm8k"] = gsm8k_eval(policy, [render(cons[0].text, q.text) for q, cons in math_plan],
+                                         [q.reference for q, _ in math_plan], cfg.gsm8k_k, sampling, seed)
+            report["gsm8k"]["constitution"] = "first constitution of each query (all-positive by default)"
+            timings["gsm8k"] = time.perf_counter() - t0
+        else:
+            notes.append("gsm8k_k > 0 but no held-out query has a reference answer")
+    report["notes"] = notes
+    report["timings"] = {k: round(v, 2) for k, v in timings.items()}
+    return report
+
+
+def _mean_bound(per_seed: list[dict], n: int) -> dict:
+    def mean(key: str) -> float | None:
+        vals = [d[key] for d in per_seed if d.get(key) is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    return {"mi_bound": mean("mi_bound"), "loss": mean("loss"), "row_accuracy": mean("row_accuracy"),
+            "col_accuracy": mean("col_accuracy"), "n": n, "per_seed": per_seed}
+
+
+def _judge(cfg: EvaluationConfig, answers: list, baseline: dict | None, judge_policy: Policy | None,
+           notes: list[str]) -> dict | None:
+    backend = judge_from_config(cfg.judge, judge_policy)
+    if backend is None:
+        notes.append("judge kind 'local' but no judge policy was passed; no win rates")
+        return None
+    if not baseline or not baseline.get("responses"):
+        notes.append("no baseline responses to judge against (the base model's own evaluation)")
+        return None
+    base = {(r["query_id"], r["constitution_id"], r["seed"]): r["response"] for r in baseline["responses"]}
+    items = []
+    for c, q, s, resp in answers:
+        other = base.get((q.id, c.id, s))
+        if other is not None:
+            items.append(PairItem(q.text, c.text, resp, other, q.category))
+    result = judge_pairs(backend, items)
+    result["baseline"] = f"iteration {baseline.get('iteration')}"
+    return result
+
