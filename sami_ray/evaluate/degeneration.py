@@ -2,9 +2,11 @@
 
 A policy can separate constitutions by answering one of them with evasive one-liners ("I understand these
 instructions clearly."). Per constitution we measure:
-- on-topic share: the answer shares at least one content word stem with the query (stop words removed). Cheap,
-  deterministic and model-free; it tracked the failure seen on these machines (0.88 -> 0.38 -> 0.03) while a
-  judge-free alternative scored by the policy itself could be gamed by the same policy;
+- on-topic share: the answer shares at least one content word with the query (stop words removed; words match
+  on a crude stem or a long common prefix). Cheap, deterministic and model-free; it tracked the failure seen on
+  these machines (0.88 -> 0.38 -> 0.03), while a measure scored by the policy itself could be gamed by that same
+  policy. It misses on-topic answers that use none of the query's words (about 1 in 24 base SmolLM2 answers),
+  which is why the flag compares with the base model's share rather than with 100%;
 - evasive share: empty or under 3 words, or an answer under 30 words that opens with a stock non-answer
   ("I understand", "I cannot", "As an AI", "I'm sorry", ...);
 - repetition: mean share of repeated word 3-grams; mean length in words.
@@ -18,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from .text import content_stems, ngram_repetition, word_count
+from .text import ngram_repetition, shares_content, word_count
 
 EVASIVE_OPENINGS = re.compile(
     r"^\W*(?:i understand|i cannot|i can't|i can not|i'm sorry|i am sorry|sorry\b|as an ai|as a language model|"
@@ -29,8 +31,8 @@ EVASIVE_OPENINGS = re.compile(
 
 def is_on_topic(response: str, query: str) -> bool:
     """Shares a content word stem with the query; a query with no content words cannot be judged and counts as met."""
-    q = content_stems(query)
-    return not q or bool(q & content_stems(response))
+    shared = shares_content(query, response)
+    return shared is None or shared
 
 
 def is_evasive(response: str) -> bool:

@@ -19,8 +19,8 @@ whom why will with within without would yes yet you your yours yourself yourselv
 steps help helps
 """.split())
 
-_SUFFIXES = ("ational", "ization", "fulness", "ousness", "iveness", "ments", "ment", "ings", "ing", "ies", "ied",
-             "edly", "ed", "ers", "er", "est", "ly", "es", "s")
+_SUFFIXES = ("ational", "ization", "fulness", "ousness", "iveness", "ments", "ment", "ings", "ing", "edly", "ed",
+             "ers", "er", "est", "ly", "es", "s")
 
 
 def words(text: str) -> list[str]:
@@ -34,6 +34,8 @@ def word_count(text: str) -> int:
 def stem(word: str) -> str:
     """A crude suffix stripper: 'baking', 'baked', 'bakes' -> 'bak'. Enough to match a query's words in an answer."""
     w = word.lower()
+    if len(w) > 4 and w.endswith(("ies", "ied")):  # batteries, tried -> battery, try
+        return w[:-3] + "y"
     for suf in _SUFFIXES:
         if w.endswith(suf) and len(w) - len(suf) >= 3:
             w = w[: -len(suf)]
@@ -48,6 +50,27 @@ def stem(word: str) -> str:
 def content_stems(text: str) -> set[str]:
     """Stems of the words that carry topic: no stop words, no numbers, at least three letters."""
     return {stem(w) for w in words(text) if len(w) >= 3 and not w.isdigit() and w.lower() not in STOP_WORDS}
+
+
+def _related(a: str, b: str) -> bool:
+    """Same stem, or a long shared prefix ('procrastinat' / 'procrastination', 'stres' / 'stressful')."""
+    if a == b:
+        return True
+    k = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        k += 1
+    return k >= 5 and k >= 0.75 * min(len(a), len(b))
+
+
+def shares_content(query: str, response: str) -> bool | None:
+    """Whether the response shares a content word (stem) with the query; None when the query has none."""
+    q = content_stems(query)
+    if not q:
+        return None
+    r = content_stems(response)
+    return bool(q & r) or any(_related(a, b) for a in q for b in r)
 
 
 def ngram_repetition(text: str, n: int = 3) -> float:

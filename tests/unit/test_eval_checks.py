@@ -178,3 +178,11 @@ def test_degeneration_flag_and_actions():
     stats = tripped["per_constitution"]["+a"]
     assert stats["on_topic"] == pytest.approx(0.9) and stats["evasive"] == pytest.approx(0.1)
     assert stats["n"] == 10 and stats["empty"] == 0
+
+
+def test_word_matching_survives_inflection():
+    assert stem("batteries") == stem("battery") == "battery"
+    assert deg.is_on_topic("Set a timer to beat procrastination.", "How can I stop procrastinating?")
+    assert deg.is_on_topic("Exercise helps; stressful weeks pass.", "How can I reduce stress?")
+    assert not deg.is_on_topic("Informal chats are fun.", "How do I bake bread?")
+    assert deg.is_on_topic("Anything at all.", "How do I do it?")  # no content words in the query: not judged
