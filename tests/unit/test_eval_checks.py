@@ -186,3 +186,31 @@ def test_word_matching_survives_inflection():
     assert deg.is_on_topic("Exercise helps; stressful weeks pass.", "How can I reduce stress?")
     assert not deg.is_on_topic("Informal chats are fun.", "How do I bake bread?")
     assert deg.is_on_topic("Anything at all.", "How do I do it?")  # no content words in the query: not judged
+
+
+def test_eval_constitutions_are_stable_and_bad_n_names_the_field():
+    from sami_ray.config import ConstitutionsConfig
+    from sami_ray.evaluate.runner import eval_constitutions
+    from sami_ray.sami.data import Query
+
+    ps = [verifiable.get_principle(n).to_principle() for n in ("bullets", "concise", "final_answer_line")]
+    qs = [Query("a", "How do I bake bread?", "howto"), Query("b", "What is 2 + 2?", "math")]
+    plan = eval_constitutions(qs, ps, 2, 0, ConstitutionsConfig())
+    assert plan == eval_constitutions(qs, ps, 2, 0, ConstitutionsConfig())  # the same at every iteration
+    assert [c.id for c in plan[0][1]] == ["+bullets,+concise", "-bullets,-concise"]  # final_answer_line: math only
+    assert "+final_answer_line" in plan[1][1][0].id
+    with pytest.raises(ConfigError, match=r"evaluation\.n = 3"):
+        eval_constitutions(qs, ps, 3, 0, ConstitutionsConfig())
+
+
+def test_report_json_has_no_nan(tmp_path):
+    import json
+
+    from sami_ray.evaluate.report import format_summary, read_report, write_report
+
+    rep = {"iteration": 2, "mi_bound": {"mi_bound": float("nan"), "per_seed": [{"loss": float("inf")}]}}
+    path = write_report(rep, tmp_path / "eval")
+    assert json.loads(path.read_text())["mi_bound"]["mi_bound"] is None
+    assert read_report(tmp_path / "eval")["mi_bound"]["per_seed"] == [{"loss": None}]
+    assert "MI bound" in format_summary([read_report(tmp_path / "eval")])
+    assert format_summary([]) == "no evaluations"
