@@ -11,12 +11,16 @@ instructions clearly."). Per constitution we measure:
   ("I understand", "I cannot", "As an AI", "I'm sorry", ...);
 - repetition: mean share of repeated word 3-grams; mean length in words.
 An iteration is flagged when, for any constitution, the on-topic share falls more than `drop_points` percentage
-points below the base model's, or the evasive share rises by more than that. The action is then the config's
-`on_degeneration` ("warn" | "stop" | "rollback"), else "none".
+points below the base model's, or the evasive share rises by more than that, AND the change is larger than
+sampling noise (one-sided two-proportion z-test at 95%). Without the noise test, 12 held-out queries make every
+single off-topic answer an 8-point drop: a real demo run tripped the guard on two lexical misses
+("houseplants" answered with "home's plants"). A collapse like 1.00 -> 0.00 on 4 queries, or 0.88 -> 0.38 on 16,
+is far beyond noise. The action is then the config's `on_degeneration` ("warn" | "stop" | "rollback"), else "none".
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 
@@ -55,6 +59,18 @@ def answer_stats(pairs: Sequence[tuple[str, str]]) -> dict:
     }
 
 
+Z_ONE_SIDED_95 = 1.645
+
+
+def worse_beyond_noise(base_share: float, base_n: int, share: float, n: int, drop: float) -> bool:
+    """`share` is more than `drop` below `base_share`, and a two-proportion z-test says that is not chance."""
+    if base_share - share <= drop or n == 0 or base_n == 0:
+        return False
+    pooled = (base_share * base_n + share * n) / (base_n + n)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / base_n + 1 / n))
+    return se == 0 or (base_share - share) / se > Z_ONE_SIDED_95
+
+
 def degeneration_report(groups: Mapping[str, Sequence[tuple[str, str]]], base: Mapping | None,
                         drop_points: float, on_degeneration: str) -> dict:
     """`groups`: constitution id -> (query, response) pairs; `base`: the base model's degeneration report."""
@@ -67,9 +83,12 @@ def degeneration_report(groups: Mapping[str, Sequence[tuple[str, str]]], base: M
         ref = base_per.get(cid)
         if not ref or stats["n"] == 0:
             continue
-        if ref.get("on_topic") is not None and ref["on_topic"] - stats["on_topic"] > limit:
+        n, base_n = stats["n"], ref.get("n") or 0
+        if ref.get("on_topic") is not None and worse_beyond_noise(ref["on_topic"], base_n, stats["on_topic"], n,
+                                                                  limit):
             reasons.append(f"{cid}: on-topic share {stats['on_topic']:.2f} vs base {ref['on_topic']:.2f}")
-        if ref.get("evasive") is not None and stats["evasive"] - ref["evasive"] > limit:
+        if ref.get("evasive") is not None and worse_beyond_noise(1 - ref["evasive"], base_n, 1 - stats["evasive"],
+                                                                 n, limit):
             reasons.append(f"{cid}: evasive share {stats['evasive']:.2f} vs base {ref['evasive']:.2f}")
     flagged = bool(reasons)
     return {"per_constitution": per, "overall": overall, "flagged": flagged, "reasons": reasons,

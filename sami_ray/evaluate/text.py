@@ -53,8 +53,12 @@ def content_stems(text: str) -> set[str]:
 
 
 def _related(a: str, b: str) -> bool:
-    """Same stem, or a long shared prefix ('procrastinat' / 'procrastination', 'stres' / 'stressful')."""
+    """Same stem, a long shared prefix ('procrastinat' / 'procrastination', 'stres' / 'stressful'), or a compound
+    holding the other word ('houseplant' / 'plant')."""
     if a == b:
+        return True
+    short, long_ = sorted((a, b), key=len)
+    if len(short) >= 5 and short in long_:
         return True
     k = 0
     for x, y in zip(a, b, strict=False):

@@ -169,15 +169,32 @@ def test_degeneration_flag_and_actions():
     assert not base["flagged"] and base["action"] == "none" and not base["compared_to_base"]
     same = deg.degeneration_report({"+a": good, "-a": good}, base, 5.0, "rollback")
     assert not same["flagged"] and same["compared_to_base"]
-    # 1 of 10 answers off topic: a 10-point drop trips a 5-point guard but not a 15-point one
+    # 1 of 10 answers off topic: a 10-point drop, but on 10 answers that is within sampling noise
     worse = good[:9] + [(q, "I understand these instructions clearly.")]
-    tripped = deg.degeneration_report({"+a": worse, "-a": good}, base, 5.0, "stop")
-    assert tripped["flagged"] and tripped["action"] == "stop"
-    assert any(r.startswith("+a: on-topic share 0.90 vs base 1.00") for r in tripped["reasons"])
-    assert deg.degeneration_report({"+a": worse, "-a": good}, base, 15.0, "stop")["action"] == "none"
-    stats = tripped["per_constitution"]["+a"]
+    assert not deg.degeneration_report({"+a": worse, "-a": good}, base, 5.0, "stop")["flagged"]
+    stats = deg.degeneration_report({"+a": worse, "-a": good}, base, 5.0, "stop")["per_constitution"]["+a"]
     assert stats["on_topic"] == pytest.approx(0.9) and stats["evasive"] == pytest.approx(0.1)
     assert stats["n"] == 10 and stats["empty"] == 0
+    # the same 10-point drop on 100 answers is real: it trips a 5-point guard but not a 15-point one
+    base100 = deg.degeneration_report({"+a": good * 10}, None, 5.0, "stop")
+    tripped = deg.degeneration_report({"+a": worse * 10}, base100, 5.0, "stop")
+    assert tripped["flagged"] and tripped["action"] == "stop"
+    assert any(r.startswith("+a: on-topic share 0.90 vs base 1.00") for r in tripped["reasons"])
+    assert any(r.startswith("+a: evasive share 0.10 vs base 0.00") for r in tripped["reasons"])
+    assert deg.degeneration_report({"+a": worse * 10}, base100, 15.0, "stop")["action"] == "none"
+    # a collapse on few answers is beyond noise
+    collapsed = [(q, "I understand these instructions clearly.")] * 4
+    small_base = deg.degeneration_report({"+a": good[:4]}, None, 5.0, "warn")
+    assert deg.degeneration_report({"+a": collapsed}, small_base, 5.0, "warn")["action"] == "warn"
+
+
+def test_noise_test_arithmetic():
+    assert not deg.worse_beyond_noise(1.0, 12, 11 / 12, 12, 0.05)  # one miss in 12
+    assert not deg.worse_beyond_noise(1.0, 12, 10 / 12, 12, 0.05)  # two misses: z = 1.48
+    assert deg.worse_beyond_noise(1.0, 12, 9 / 12, 12, 0.05)  # three misses: z = 1.85
+    assert deg.worse_beyond_noise(0.88, 16, 0.38, 16, 0.05)
+    assert not deg.worse_beyond_noise(0.9, 1000, 0.86, 1000, 0.05)  # significant but under 5 points
+    assert deg.worse_beyond_noise(1.0, 5, 0.0, 5, 0.05)
 
 
 def test_word_matching_survives_inflection():
@@ -185,6 +202,7 @@ def test_word_matching_survives_inflection():
     assert deg.is_on_topic("Set a timer to beat procrastination.", "How can I stop procrastinating?")
     assert deg.is_on_topic("Exercise helps; stressful weeks pass.", "How can I reduce stress?")
     assert not deg.is_on_topic("Informal chats are fun.", "How do I bake bread?")
+    assert deg.is_on_topic("Water your home's plants weekly.", "How can I keep my houseplants alive?")
     assert deg.is_on_topic("Anything at all.", "How do I do it?")  # no content words in the query: not judged
 
 
