@@ -63,6 +63,8 @@ def plot_history(reports: list[dict], folder: str | Path) -> list[Path]:
 
     def save(fig: Figure, name: str) -> None:
         FigureCanvasAgg(fig)
+        for ax in fig.axes:
+            ax.set_xticks(its)  # iterations are whole numbers
         fig.tight_layout()
         fig.savefig(folder / name, dpi=100)
         written.append(folder / name)
