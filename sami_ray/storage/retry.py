@@ -31,11 +31,11 @@ def with_retries(fn: Callable[[], T], url: str, what: str, total_seconds: float,
             if not is_transient(e):
                 raise
             elapsed = time.monotonic() - start
-            # Full jitter keeps many workers from retrying in lockstep.
-            pause = min(delay, max_delay) * (0.5 + random.random() / 2)
-            if elapsed + pause > total_seconds:
+            if elapsed >= total_seconds:
                 raise StoreError(f"{url}: {what} failed after {attempt} attempts in {elapsed:.1f} s "
                                  f"(storage.retry_total_seconds={total_seconds:g}): {describe(e)}") from e
+            # Jitter keeps many workers from retrying in lockstep; the last try lands on the deadline.
+            pause = min(min(delay, max_delay) * (0.5 + random.random() / 2), total_seconds - elapsed)
             log.warning("%s: %s failed (%s); retry %d in %.1f s", url, what, describe(e), attempt, pause)
             time.sleep(pause)
             delay *= 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,33 @@ def test_pyarrow_filesystem_is_the_same_folder(store):
     with fs.open_output_stream(f"{base}/iter-0001/train/ck.bin") as f:
         f.write(b"ray")
     assert store.get_bytes("run/iter-0001/train/ck.bin") == b"ray"
+
+
+def test_retries_are_bounded_in_time_and_skip_user_errors():
+    from sami_ray.storage.retry import with_retries
+
+    calls = []
+
+    def flaky() -> str:
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise ConnectionError("refused")
+        return "ok"
+
+    transient = lambda e: isinstance(e, ConnectionError)  # noqa: E731
+    assert with_retries(flaky, "s3://b/k", "read", 10, transient, str, first_delay=0.01) == "ok"
+    assert len(calls) == 3
+
+    def down() -> None:
+        raise ConnectionError("refused")
+
+    t0 = time.monotonic()
+    with pytest.raises(StoreError, match=r"s3://b/k: read failed after \d+ attempts .*refused"):
+        with_retries(down, "s3://b/k", "read", 0.5, transient, str, first_delay=0.01)
+    assert 0.5 <= time.monotonic() - t0 < 2
+
+    def wrong() -> None:
+        raise ValueError("a bug, not an outage")
+
+    with pytest.raises(ValueError):
+        with_retries(wrong, "s3://b/k", "read", 10, transient, str)
