@@ -189,7 +189,9 @@ class S3Backend:
     def _call(self, key: str, what: str, fn: Callable[[], Any]) -> Any:
         url = self.url(key)
         try:
-            return with_retries(fn, url, what, self.conn.s.retry_total_seconds, is_transient, describe)
+            endpoint = self.conn.s.endpoint_url or "AWS"
+            return with_retries(fn, url, what, self.conn.s.retry_total_seconds, is_transient,
+                                lambda e: f"{describe(e)} (endpoint {endpoint})")
         except StoreError:
             raise
         except Exception as e:
