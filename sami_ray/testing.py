@@ -130,3 +130,9 @@ def tiny_run_config(model_dir: str | Path, queries_path: str | Path, store_uri: 
     for name, values in sections.items():
         cfg.setdefault(name, {}).update(values)
     return cfg
+
+
+def max_score_diff(a: list[list[float]], b: list[list[float]]) -> float:
+    """The largest per-token difference of two engines' scores (same shapes required)."""
+    assert [len(x) for x in a] == [len(x) for x in b], "score shapes differ"
+    return max((abs(u - v) for x, y in zip(a, b, strict=True) for u, v in zip(x, y, strict=True)), default=0.0)

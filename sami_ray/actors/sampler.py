@@ -1,0 +1,222 @@
+"""The policy samplers: R Ray actors, each one engine, behind a pool that shards work and survives replica death.
+
+Every prompt carries its own sampling seed, derived from its id, so an answer does not depend on which replica or
+batch it went to: a run with 1 or 4 replicas, or one where a replica died and its batch was redone, samples the same
+answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+import zlib
+from collections import deque
+from collections.abc import Sequence
+
+import ray
+
+from ..config import EngineOptions, RoleResources, SamplerConfig
+from ..engines.base import Generation, SamplingSpec
+from ..errors import UserError
+from .placement import reserve, strategy
+
+log = logging.getLogger(__name__)
+
+
+class SamplerError(UserError):
+    pass
+
+
+@ray.remote(max_restarts=0)
+class PolicySampler:
+    """One engine in one actor. Named `sami-sampler-<pool>-<i>` in the dashboard."""
+
+    def __init__(self, model_path: str, backend: str, options: dict, version: int = 0):
+        from ..engines import make_engine
+
+        self.engine = make_engine(model_path, backend, EngineOptions(**options))
+        self.engine.version = version  # a replacement replica starts on the pool's current weights
+
+    def ready(self) -> int:
+        return self.engine.version
+
+    def generate(self, prompts: list[str], spec: SamplingSpec, seeds: list[int]) -> list[list[Generation]]:
+        return self.engine.generate(prompts, spec, seeds)
+
+    def score(self, prompts: list[str], responses: list[str]) -> list[list[float]]:
+        return self.engine.score(prompts, responses)
+
+    def load_weights(self, path: str) -> int:
+        return self.engine.load_weights(path)
+
+
+def item_seed(base: int, item_id: str) -> int:
+    return (base * 1_000_003 + zlib.crc32(item_id.encode())) % 2**31
+
+
+class SamplerPool:
+    """R sampler replicas on their own placement-group bundles; also the evaluation `Policy` (generate/score)."""
+
+    def __init__(self, model_path: str, cfg: SamplerConfig, resources: RoleResources,
+                 runtime_env: dict | None = None, ready_timeout_s: float = 600.0):
+        tp = cfg.engine.tensor_parallel_size
+        if resources.num_gpus and resources.num_gpus < tp:
+            raise SamplerError(f"resources.sampler.num_gpus={resources.num_gpus} is less than "
+                               f"sampler.engine.tensor_parallel_size={tp}: each replica needs its {tp} GPUs")
+        self.cfg, self.resources, self.runtime_env = cfg, resources, runtime_env
+        self.model_path = str(model_path)
+        self.version = 0
+        self.ready_timeout_s = ready_timeout_s
+        self.tag = uuid.uuid4().hex[:6]
+        self.pg = reserve("sampler", resources, cfg.replicas, name=f"sami-sampler-{self.tag}")
+        self.replicas = [self._spawn(i) for i in range(cfg.replicas)]
+        try:
+            self._wait_ready(range(cfg.replicas))
+        except BaseException:
+            self.shutdown()  # no half-started pool keeps its resources
+            raise
+
+    # ------------------------------------------------------------ replicas
+
+    def _spawn(self, i: int):
+        return PolicySampler.options(
+            name=f"sami-sampler-{self.tag}-{i}", num_cpus=self.resources.num_cpus,
+            num_gpus=self.resources.num_gpus, scheduling_strategy=strategy(self.pg, i),
+            runtime_env=self.runtime_env).remote(self.model_path, self.cfg.backend, self.cfg.engine.model_dump(),
+                                                 self.version)
+
+    def _wait_ready(self, indices) -> None:
+        refs = {self.replicas[i].ready.remote(): i for i in indices}
+        ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=self.ready_timeout_s)
+        if pending:
+            raise SamplerError(f"sampler replicas {sorted(refs[r] for r in pending)} did not start within "
+                               f"{self.ready_timeout_s:.0f} s (model {self.model_path})")
+        for r in ready:
+            try:
+                ray.get(r)
+            except ray.exceptions.RayError as e:
+                raise SamplerError(f"sampler replica {refs[r]} failed to start on {self.model_path}: "
+                                   f"{_short(e)}") from None
+
+    def _replace(self, i: int):
+        """Start a fresh replica in bundle i (the dead one's); returns the ref of its `ready`."""
+        try:
+            ray.kill(self.replicas[i], no_restart=True)
+        except Exception:  # already gone
+            pass
+        self.replicas[i] = self._spawn(i)
+        return self.replicas[i].ready.remote()
+
+    def _run(self, method: str, batches: Sequence[tuple]) -> list:
+        """Run `method(*batch)` for every batch over the replicas; results in batch order, each exactly once.
+
+        A replica that dies takes its batch back to the queue and is replaced; the other replicas carry on.
+        """
+        results: list = [None] * len(batches)
+        attempts = [0] * len(batches)
+        queue = deque(range(len(batches)))
+        idle = deque(range(len(self.replicas)))
+        inflight: dict = {}  # ref -> (batch index or None for a replacement starting, replica index)
+        while queue or any(b is not None for b, _ in inflight.values()):
+            while queue and idle:
+                b, r = queue.popleft(), idle.popleft()
+                inflight[getattr(self.replicas[r], method).remote(*batches[b])] = (b, r)
+            if not inflight:
+                raise SamplerError("no sampler replica is left to run the remaining batches")
+            [ref], _ = ray.wait(list(inflight), num_returns=1)
+            b, r = inflight.pop(ref)
+            try:
+                value = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+                if b is None:
+                    raise SamplerError(f"replacement sampler replica {r} failed to start: {_short(e)}") from None
+                attempts[b] += 1
+                if attempts[b] > self.cfg.max_retries:
+                    raise SamplerError(f"batch {b} failed {attempts[b]} times: its sampler replica died each time "
+                                       f"(last: {_short(e)}); see sampler.max_retries") from None
+                log.warning("sampler replica %d died during batch %d (%s); replacing it and retrying", r, b, _short(e))
+                queue.appendleft(b)
+                inflight[self._replace(r)] = (None, r)
+                continue
+            if b is None:
+                log.info("replacement sampler replica %d is ready", r)
+            else:
+                results[b] = value
+            idle.append(r)
+        return results
+
+    def _batched(self, n: int) -> list[range]:
+        size = self.cfg.batch_size
+        return [range(s, min(s + size, n)) for s in range(0, n, size)]
+
+    # ------------------------------------------------------------ work
+
+    def sample(self, items: Sequence[tuple[str, str]], spec: SamplingSpec) -> dict[str, list[Generation]]:
+        """`items` are (id, prompt); the answer is {id: spec.n generations}, in the order of `items`."""
+        ids = [i for i, _ in items]
+        if len(set(ids)) != len(ids):
+            raise ValueError("sample: item ids must be unique")
+        seeds = [item_seed(spec.seed, i) for i in ids]
+        prompts = [p for _, p in items]
+        chunks = self._batched(len(items))
+        outs = self._run("generate", [([prompts[k] for k in c], spec, [seeds[k] for k in c]) for c in chunks])
+        flat = [g for out in outs for g in out]
+        if len(flat) != len(items):
+            raise SamplerError(f"sampler returned {len(flat)} answers for {len(items)} prompts")
+        return dict(zip(ids, flat, strict=True))
+
+    def generate(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_tokens: int,
+                 seed: int) -> list[list[str]]:
+        spec = SamplingSpec(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                            stop=list(self.cfg.stop), seed=seed)
+        out = self.sample([(str(i), p) for i, p in enumerate(prompts)], spec)
+        return [[g.text for g in out[str(i)]] for i in range(len(prompts))]
+
+    def score(self, prompts: list[str], responses: list[str]) -> list[list[float]]:
+        if len(prompts) != len(responses):
+            raise ValueError(f"score: {len(prompts)} prompts but {len(responses)} responses")
+        chunks = self._batched(len(prompts))
+        outs = self._run("score", [([prompts[k] for k in c], [responses[k] for k in c]) for c in chunks])
+        return [s for out in outs for s in out]
+
+    # ------------------------------------------------------------ weights
+
+    def load_weights(self, path: str) -> list[int]:
+        """Every replica reloads `path`; a replica that died is replaced on the new weights. Returns versions."""
+        self.model_path, self.version = str(path), self.version + 1
+        refs = {self.replicas[i].load_weights.remote(self.model_path): i for i in range(len(self.replicas))}
+        for ref, i in refs.items():
+            try:
+                ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                log.warning("sampler replica %d died; starting a fresh one on %s", i, path)
+                ray.get(self._replace(i))
+        versions = self.versions()
+        if set(versions) != {self.version}:
+            raise SamplerError(f"after loading {path} the replicas report versions {versions}, "
+                               f"expected {self.version} everywhere")
+        return versions
+
+    def versions(self) -> list[int]:
+        return ray.get([r.ready.remote() for r in self.replicas])
+
+    def shutdown(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        for r in self.replicas:
+            try:
+                ray.kill(r, no_restart=True)
+            except Exception:
+                pass
+        self.replicas = []
+        try:
+            remove_placement_group(self.pg)
+        except Exception:
+            pass
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:limit]
+
+

