@@ -78,6 +78,7 @@ class Run:
         self.timings: dict[str, float] = {}
         self._pool = None
         self._pool_model: str | None = None
+        self._judge = None
         self._tokenizer = None
 
     # ------------------------------------------------------------ construction
@@ -163,10 +164,27 @@ class Run:
         self._pool_model = path
         return self._pool
 
+    def judge_policy(self):
+        """A sampler pool on models.judge when the evaluation judge is local (None otherwise)."""
+        if self.cfg.evaluation.judge.kind != "local":
+            return None
+        if self._judge is None:
+            from .actors.sampler import SamplerPool
+
+            spec = self.cfg.models.judge
+            if spec is None:
+                raise UserError("evaluation.judge.kind is 'local' but models.judge is not set")
+            ensure_ray(self.cfg.resources)
+            self._judge = self._timed("judge_start", SamplerPool, str(resolve_model_path(spec.path, spec.gguf_file)),
+                                      self.cfg.sampler.model_copy(update={"replicas": 1}),
+                                      self.cfg.resources.sampler, runtime_env=runtime_env())
+        return self._judge
+
     def shutdown(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+        for pool in (self._pool, self._judge):
+            if pool is not None:
+                pool.shutdown()
+        self._pool = self._judge = None
 
     # ------------------------------------------------------------ queries
 
@@ -339,9 +357,13 @@ class Run:
 
         metrics.set_stage(self.run_id, "eval", k)
         policy = self.pool(model_stage)
+        previous = stage_key(k - 1, "eval")
+        baseline = self.store.get_json(f"{previous}/report.json") if (
+            k > 1 and self.cfg.evaluation.judge.baseline == "previous" and self.store.is_committed(previous)) else None
         report = self._timed(f"iter{k}_eval", evaluate_iteration, policy, held_out, principles.principles,
                              self.cfg.evaluation, self.cfg.task.kind, self.render, k, base_report,
-                             self.cfg.run.seed, self.cfg.sampler, self.cfg.constitutions)
+                             self.cfg.run.seed, self.cfg.sampler, self.cfg.constitutions,
+                             judge_policy=self.judge_policy(), baseline_report=baseline)
         report["model"] = model_stage or "base"
         folder = Path(tempfile.mkdtemp(dir=self.workdir, prefix="eval-"))
         write_report(report, folder)

@@ -64,6 +64,10 @@ def ensure_ray(resources: ResourcesConfig) -> None:
     apply_process_env()
     address = resources.ray_address or os.environ.get("RAY_ADDRESS")
     kwargs: dict = {"runtime_env": runtime_env(), "log_to_driver": True}
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        # Inside `ray job submit` the job's runtime_env (working_dir, env_vars) already applies to every actor;
+        # a second one here would conflict with it. Actors still get `runtime_env()` as their own env_vars.
+        kwargs.pop("runtime_env")
     if address:
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, **kwargs)

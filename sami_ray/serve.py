@@ -6,8 +6,10 @@ variable SAMI_RAY_SERVE_TOKEN is set, every request needs `Authorization: Bearer
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
+import secrets
 import tempfile
 import threading
 import time
@@ -54,13 +56,22 @@ class ChatRequest(BaseModel):
 api = FastAPI(title="sami-ray serve")
 
 
-def _check_token(request: Request) -> None:
-    expected = os.environ.get(TOKEN_ENV)
-    if not expected:
+def token_digest(token: str | None) -> str | None:
+    """Only a digest of the token travels to the replicas: the secret itself is never stored in the cluster."""
+    return hashlib.sha256(token.encode()).hexdigest() if token else None
+
+
+def _check_token(request: Request, expected_digest: str | None) -> None:
+    if not expected_digest:
         return
     got = request.headers.get("authorization", "")
-    if not hmac.compare_digest(got.encode(), f"Bearer {expected}".encode()):
+    presented = got[len("Bearer "):] if got.startswith("Bearer ") else ""
+    if not hmac.compare_digest(token_digest(presented) or "", expected_digest):
         raise HTTPException(status_code=401, detail="missing or wrong bearer token")
+
+
+def _finish(generation) -> str:
+    return "length" if generation.truncated else "stop"
 
 
 def _stops(stop: list[str] | str | None) -> list[str]:
@@ -72,50 +83,53 @@ def _stops(stop: list[str] | str | None) -> list[str]:
 @serve.deployment(name="sami-serve", max_ongoing_requests=16)
 @serve.ingress(api)
 class CompletionServer:
-    def __init__(self, model_path: str, backend: str, engine_options: dict, model_name: str):
+    def __init__(self, model_path: str, backend: str, engine_options: dict, model_name: str,
+                 token_sha256: str | None = None):
         from transformers import AutoTokenizer
 
         from .engines import make_engine
 
         self.model_name = model_name
+        self.token_digest = token_sha256
         self.engine = make_engine(model_path, backend, EngineOptions(**engine_options))
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.lock = threading.Lock()  # one engine, one request at a time inside it
 
-    def _generate(self, prompts: list[str], req) -> list[list[str]]:
+    def _generate(self, prompts: list[str], req) -> list[list]:
         from .engines.base import SamplingSpec
 
         spec = SamplingSpec(n=req.n, temperature=req.temperature, top_p=req.top_p, max_tokens=req.max_tokens,
-                            stop=_stops(req.stop), seed=req.seed)
+                            stop=_stops(req.stop),
+                            seed=req.seed if req.seed is not None else secrets.randbelow(2**31))
         with self.lock:
             return self.engine.generate(prompts, spec)
 
     @api.get("/v1/models")
     def models(self, request: Request) -> dict:
-        _check_token(request)
+        _check_token(request, self.token_digest)
         return {"object": "list", "data": [{"id": self.model_name, "object": "model", "owned_by": "sami-ray"}]}
 
     @api.post("/v1/completions")
     def completions(self, req: CompletionRequest, request: Request) -> dict:
-        _check_token(request)
+        _check_token(request, self.token_digest)
         prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
         outs = self._generate(prompts, req)
-        choices = [{"index": i * req.n + j, "text": text, "finish_reason": "stop", "logprobs": None}
-                   for i, texts in enumerate(outs) for j, text in enumerate(texts)]
+        choices = [{"index": i * req.n + j, "text": g.text, "finish_reason": _finish(g), "logprobs": None}
+                   for i, gens in enumerate(outs) for j, g in enumerate(gens)]
         return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": self.model_name, "choices": choices}
 
     @api.post("/v1/chat/completions")
     def chat(self, req: ChatRequest, request: Request) -> dict:
-        _check_token(request)
+        _check_token(request, self.token_digest)
         messages = [m.model_dump() for m in req.messages]
         if getattr(self.tokenizer, "chat_template", None):
             prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         else:
             prompt = "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages) + "\n\nAssistant:"
-        texts = self._generate([prompt], req)[0]
-        choices = [{"index": j, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
-                   for j, t in enumerate(texts)]
+        gens = self._generate([prompt], req)[0]
+        choices = [{"index": j, "message": {"role": "assistant", "content": g.text}, "finish_reason": _finish(g)}
+                   for j, g in enumerate(gens)]
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": self.model_name, "choices": choices}
 
@@ -145,7 +159,8 @@ def build_app(checkpoint: str, config: str | None = None, overrides: list[str] |
     deployment = CompletionServer.options(
         num_replicas=replicas or cfg.sampler.replicas,
         ray_actor_options={"num_cpus": res.num_cpus, "num_gpus": res.num_gpus})
-    return deployment.bind(str(path), cfg.sampler.backend, cfg.sampler.engine.model_dump(), name)
+    return deployment.bind(str(path), cfg.sampler.backend, cfg.sampler.engine.model_dump(), name,
+                           token_digest(os.environ.get(TOKEN_ENV)))
 
 
 def serve_checkpoint(checkpoint: str, config: str | None, overrides: list[str], *, host: str = "127.0.0.1",

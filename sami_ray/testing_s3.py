@@ -1,4 +1,4 @@
-"""Real S3 endpoints for tests: moto server in this process, or in a subprocess that a test can kill or freeze.
+"""Real S3 endpoints for tests: moto server subprocesses, one per session or one a test can kill or freeze.
 
 Import the fixtures into a test module with `from sami_ray.testing_s3 import s3_server, moto_process  # noqa: F401`.
 """
@@ -106,17 +106,16 @@ class MotoProcess:
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Endpoint]:
-    """An in-process moto S3 server on a free port of 127.0.0.1, for the whole test session."""
-    from moto.server import ThreadedMotoServer
+    """A moto S3 server subprocess on a free port of 127.0.0.1, for the whole test session.
 
-    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    Not in-process: moto's Flask app would put Flask's context proxies into this process, and vLLM's start-up
+    scan of every module's globals fails on them ("Working outside of application context").
+    """
+    mp = MotoProcess().start()
     try:
-        yield S3Endpoint(f"http://{host}:{port}")
+        yield mp.endpoint
     finally:
-        server.stop()
+        mp.kill()
 
 
 @pytest.fixture

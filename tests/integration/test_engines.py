@@ -67,15 +67,21 @@ def test_vllm_and_transformers_scores_agree(vllm_engine, hf_engine):
     assert vllm_engine.score(["x"], [""]) == [[]], "an empty response has no tokens to score"
 
 
-@pytest.mark.parametrize("backend", ["vllm", "hf"])
+@pytest.mark.parametrize("backend", ["vllm", "hf", "vllm-bf16"])
 def test_load_weights_equals_a_fresh_engine(backend, models, vllm_engine, hf_engine):
-    engine = vllm_engine if backend == "vllm" else hf_engine
+    """vllm-bf16: the demo's setting (dtype auto is bfloat16 on CPU), reloading float32 safetensors."""
+    options = FP32
+    if backend == "vllm-bf16":
+        backend, options = "vllm", EngineOptions(kv_cache_gb=0.25)
+        engine = make_engine(str(models[0]), backend, options)
+    else:
+        engine = vllm_engine if backend == "vllm" else hf_engine
     greedy = SamplingSpec(n=1, temperature=0.0, max_tokens=12, seed=0)
     before = engine.generate(PROMPTS, greedy)
     v0 = engine.version
     assert engine.load_weights(str(models[1])) == v0 + 1
     after = engine.generate(PROMPTS, greedy)
-    fresh = make_engine(str(models[1]), backend, FP32)
+    fresh = make_engine(str(models[1]), backend, options)
     assert after == fresh.generate(PROMPTS, greedy)
     assert after != before, "the two tiny models are different, so greedy answers should differ"
     flat = [x for row in engine.score(PROMPTS, ["a b"] * 3) for x in row]
