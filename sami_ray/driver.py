@@ -24,7 +24,7 @@ import yaml
 
 from . import metrics
 from .config import RunConfig, config_from_dict
-from .errors import UserError
+from .errors import CorruptStageError, UserError
 from .inputs import load_run_queries, seed_principles, split_queries
 from .models import require_safetensors, resolve_model_path
 from .runtime import ensure_ray, runtime_env
@@ -120,14 +120,34 @@ class Run:
             self.timings[name] = round(self.timings.get(name, 0.0) + dt, 2)
             self.say(f"[{name}] {dt:.1f} s")
 
+    def _fetch(self, stage: str) -> Path | None:
+        """A committed stage in the work folder, verified against its manifest (downloaded once).
+
+        A stage whose stored objects no longer match their manifest is discarded (None): its producer runs again,
+        so a corrupt object is never used and nothing downstream of it is lost.
+        """
+        dest = self.workdir / stage.replace("/", "-")
+        if (dest / ".verified").exists():
+            return dest
+        try:
+            self.store.fetch_stage(stage, dest)
+        except CorruptStageError as e:
+            self.say(f"warning: {e}; discarding {stage} and computing it again")
+            metrics.record("sami_corrupt_stages", 1, self.run_id, stage=stage)
+            self.store.delete_prefix(stage)
+            return None
+        (dest / ".verified").touch()
+        return dest
+
     def _local_model(self, stage: str | None) -> Path:
-        """The folder of the base model (stage None) or of a committed model stage, downloaded once."""
+        """The folder of the base model (stage None) or of a committed model stage."""
         if stage is None:
             spec = self.cfg.models.policy
             return resolve_model_path(spec.path, spec.gguf_file)
-        dest = self.workdir / stage.replace("/", "-")
-        if not (dest / "config.json").exists():
-            self.store.fetch_stage(stage, dest)
+        dest = self._fetch(stage)
+        if dest is None:
+            raise UserError(f"{self.store.url(stage)} was corrupt and has been discarded; run `sami-ray resume "
+                            f"{self.store.uri}` to train it again")
         return require_safetensors(dest)
 
     @property
@@ -221,12 +241,13 @@ class Run:
         ensure_ray(self.cfg.resources)
         spec = self.cfg.models.writer
         writer = start_writer(str(resolve_model_path(spec.path, spec.gguf_file)), self.cfg.sampler.engine,
-                              self.cfg.resources.writer, runtime_env=runtime_env())
+                              self.cfg.resources.writer, runtime_env=runtime_env(),
+                              backend=self.cfg.sampler.backend)
         try:
             import ray
 
             return ray.get(writer.write.remote(self.cfg.task.description, seeds, len(seeds),
-                                               fallback_to_seeds=True))
+                                               fallback_to_seeds=True, seed=self.cfg.run.seed))
         finally:
             if self.cfg.resources.release_writer:
                 import ray
@@ -294,9 +315,8 @@ class Run:
 
     def stage_samples(self, k: int, model_stage: str | None, train: list[Query], principles: PrincipleSet) -> Path:
         key = stage_key(k, "samples")
-        local = self.workdir / key.replace("/", "-")
-        if self.store.is_committed(key):
-            return self.store.fetch_stage(key, local) / "examples.jsonl"
+        if self.store.is_committed(key) and (fetched := self._fetch(key)) is not None:
+            return fetched / "examples.jsonl"
         queries = self.iteration_queries(k, train)
         metrics.set_stage(self.run_id, "sample", k)
         t0 = time.perf_counter()
@@ -314,13 +334,16 @@ class Run:
                                                        "dropped": dropped}))
         self._commit(key, folder, meta={"kept": len(kept), "dropped": dropped, "sampled_with": model_stage or "base"})
         shutil.rmtree(folder, ignore_errors=True)
-        return self.store.fetch_stage(key, local) / "examples.jsonl"
+        fetched = self._fetch(key)
+        if fetched is None:
+            raise UserError(f"{self.store.url(key)} was corrupt right after its upload; check the store")
+        return fetched / "examples.jsonl"
 
     def stage_model(self, k: int, init_stage: str | None, examples_path: Path) -> str:
         from .train import train
 
         key = stage_key(k, "model")
-        if self.store.is_committed(key):
+        if self.store.is_committed(key) and self._fetch(key) is not None:
             return key
         ensure_ray(self.cfg.resources)
         metrics.set_stage(self.run_id, "train", k)

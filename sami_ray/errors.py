@@ -15,3 +15,7 @@ class DataError(UserError):
 
 class StoreError(UserError):
     """A store that cannot be reached or holds something unusable; the message names the URI."""
+
+
+class CorruptStageError(StoreError):
+    """A committed stage whose stored object no longer matches its manifest (size or sha256)."""

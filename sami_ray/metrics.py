@@ -25,6 +25,7 @@ _DEFINITIONS = {
     "sami_checkpoint_upload_bytes": ("counter", "bytes committed to the store"),
     "sami_checkpoint_upload_seconds": ("gauge", "seconds the last stage commit took"),
     "sami_stage_seconds": ("gauge", "seconds the last stage of each kind took"),
+    "sami_corrupt_stages": ("counter", "committed stages found corrupt on fetch, discarded and recomputed"),
 }
 
 _lock = threading.Lock()

@@ -126,3 +126,65 @@ def moto_process() -> Iterator[MotoProcess]:
         yield mp
     finally:
         mp.kill()
+
+
+class OutageProxy:
+    """A TCP proxy in front of an S3 endpoint that goes down for `outage_s` seconds when it first sees a request
+    whose bytes contain `trigger` (e.g. the key of a model file being uploaded): that connection is cut and new
+    ones are refused until the outage ends. Everything else passes through unchanged."""
+
+    def __init__(self, upstream_port: int, trigger: bytes, outage_s: float = 10.0):
+        import threading
+
+        self.upstream_port, self.trigger, self.outage_s = upstream_port, trigger, outage_s
+        self.down_until = 0.0
+        self.outages = 0
+        self._lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _down(self) -> bool:
+        return time.monotonic() < self.down_until
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            if self._down():
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if from_client and self.trigger in data:
+                    with self._lock:
+                        if self.outages == 0:
+                            self.outages += 1
+                            self.down_until = time.monotonic() + self.outage_s
+                if self._down():
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()

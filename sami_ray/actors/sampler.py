@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import ray
 
+from .. import faults
 from ..config import EngineOptions, RoleResources, SamplerConfig
 from ..engines.base import Generation, SamplingSpec
 from ..errors import UserError
@@ -36,12 +37,16 @@ class PolicySampler:
 
         self.engine = make_engine(model_path, backend, EngineOptions(**options))
         self.engine.version = version  # a replacement replica starts on the pool's current weights
+        self.calls = 0
 
     def ready(self) -> int:
         return self.engine.version
 
     def generate(self, prompts: list[str], spec: SamplingSpec, seeds: list[int]) -> list[list[Generation]]:
-        return self.engine.generate(prompts, spec, seeds)
+        self.calls += 1
+        out = self.engine.generate(prompts, spec, seeds)
+        faults.maybe_exit_sampler(self.calls)  # tests only: die with the batch done but not returned
+        return out
 
     def score(self, prompts: list[str], responses: list[str]) -> list[list[float]]:
         return self.engine.score(prompts, responses)

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from ..errors import StoreError
+from ..errors import CorruptStageError, StoreError
 from .keys import Location, join, natural_key, norm_key
 from .local import LocalBackend, StoreNotFound
 from .manifest import MANIFEST_NAME, Manifest, sha256_file
@@ -240,11 +240,11 @@ class CheckpointStore:
                     self._b.download_file(join(stage, path), target, cb)
                     got = target.stat().st_size
                     if got != size:
-                        raise StoreError(f"{url}: size {got} differs from the manifest's {size} bytes; "
+                        raise CorruptStageError(f"{url}: size {got} differs from the manifest's {size} bytes; "
                                          "the stored object is corrupt or was changed after commit")
                     digest = sha256_file(target)
                     if digest != sha:
-                        raise StoreError(f"{url}: sha256 {digest[:16]}… differs from the manifest's {sha[:16]}…; "
+                        raise CorruptStageError(f"{url}: sha256 {digest[:16]}… differs from the manifest's {sha[:16]}…; "
                                          "the stored object is corrupt or was changed after commit")
                 return run
 

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import faults
 from . import checkpoint as ckpt
-from . import faults
 from .data_stream import epoch_at, micro_batch_indices, total_steps
 
 STAT_KEYS = ("loss", "sami_loss", "kl", "aux_loss", "row_accuracy", "col_accuracy")

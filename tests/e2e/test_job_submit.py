@@ -1,10 +1,13 @@
-"""`ray start --head`, then the demo job through the Jobs API with a tiny-model config: it SUCCEEDS and its
+"""`ray start --head` (token authentication on), then the demo job through `ray job submit` with a tiny-model config: it SUCCEEDS and its
 iterations are committed in the store."""
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,38 +23,51 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def ray_head(tmp_path):
+def ray_head(monkeypatch):
     ray_bin = str(Path(sys.executable).parent / "ray")
     port, dash = _free_port(), _free_port()
+    # Token authentication on, as on our clusters: the head writes the token, this process reads it back.
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    # Short: Ray's unix socket paths live under it and must stay within 107 bytes.
+    temp = tempfile.mkdtemp(prefix="rayj-", dir="/tmp")
     subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats",
-                    f"--temp-dir={tmp_path / 'ray'}"], check=True, env=env, capture_output=True, timeout=180)
+                    f"--temp-dir={temp}"], check=True, env=env, capture_output=True, timeout=180)
     try:
         yield f"http://127.0.0.1:{dash}", f"127.0.0.1:{port}"
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _ray_cli(*args, timeout=120) -> str:
+    """The `ray` command as a user runs it (it reads the head's token from ~/.ray with RAY_AUTH_MODE=token)."""
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    p = subprocess.run([ray_bin, *args], capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
+    assert p.returncode == 0, f"ray {' '.join(args)} failed:\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}"
+    return p.stdout + p.stderr
 
 
 @pytest.mark.slow
 def test_demo_job_through_the_jobs_api(ray_head, tiny_config):
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
     dashboard, address = ray_head
     cfg, store = tiny_config()
-    client = JobSubmissionClient(dashboard)
-    entry = f"{sys.executable} {REPO / 'jobs' / 'entrypoint.py'} {cfg} --run-id job"
     env_vars = {k: os.environ[k] for k in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE", "DS_ACCELERATOR",
                                            "HF_HUB_OFFLINE", "DEEPSPEED_TIMEOUT", "SAMI_RAY_CACHE") if k in os.environ}
     env_vars["RAY_ADDRESS"] = address
-    job = client.submit_job(entrypoint=entry, runtime_env={"env_vars": env_vars})
+    _ray_cli("job", "submit", "--address", dashboard, "--submission-id", "sami-tiny", "--no-wait",
+             "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--",
+             sys.executable, str(REPO / "jobs" / "entrypoint.py"), str(cfg), "--run-id", "job")
     deadline = time.time() + 900
-    status = client.get_job_status(job)
-    while time.time() < deadline and status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        time.sleep(2)
-        status = client.get_job_status(job)
-    logs = client.get_job_logs(job)
-    assert status == JobStatus.SUCCEEDED, logs[-5000:]
+    status = ""
+    while time.time() < deadline:
+        status = _ray_cli("job", "status", "--address", dashboard, "sami-tiny").lower()
+        if any(f"job 'sami-tiny' {s}" in status for s in ("succeeded", "failed", "stopped")):
+            break
+        time.sleep(3)
+    logs = _ray_cli("job", "logs", "--address", dashboard, "sami-tiny")
+    assert "job 'sami-tiny' succeeded" in status, logs[-5000:]
     run = store / "job"
     for stage in ("principles", "iter-0000/eval", "iter-0001/samples", "iter-0001/model", "iter-0001/eval"):
         assert (run / stage / "MANIFEST.json").exists(), stage
