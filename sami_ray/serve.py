@@ -16,7 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
 from ray import serve
 
@@ -53,9 +53,6 @@ class ChatRequest(BaseModel):
     seed: int | None = None
 
 
-api = FastAPI(title="sami-ray serve")
-
-
 def token_digest(token: str | None) -> str | None:
     """Only a digest of the token travels to the replicas: the secret itself is never stored in the cluster."""
     return hashlib.sha256(token.encode()).hexdigest() if token else None
@@ -68,6 +65,15 @@ def _check_token(request: Request, expected_digest: str | None) -> None:
     presented = got[len("Bearer "):] if got.startswith("Bearer ") else ""
     if not hmac.compare_digest(token_digest(presented) or "", expected_digest):
         raise HTTPException(status_code=401, detail="missing or wrong bearer token")
+
+
+def _require_token(request: Request) -> None:
+    """Runs before the body is parsed, so an unauthenticated request gets 401 whatever it sends, never a 422."""
+    _check_token(request, serve.get_replica_context().servable_object.token_digest)
+
+
+# Every route needs the token (when one is set); the check is a dependency so it precedes body validation.
+api = FastAPI(title="sami-ray serve", dependencies=[Depends(_require_token)])
 
 
 def _finish(generation) -> str:
@@ -105,13 +111,11 @@ class CompletionServer:
             return self.engine.generate(prompts, spec)
 
     @api.get("/v1/models")
-    def models(self, request: Request) -> dict:
-        _check_token(request, self.token_digest)
+    def models(self) -> dict:
         return {"object": "list", "data": [{"id": self.model_name, "object": "model", "owned_by": "sami-ray"}]}
 
     @api.post("/v1/completions")
-    def completions(self, req: CompletionRequest, request: Request) -> dict:
-        _check_token(request, self.token_digest)
+    def completions(self, req: CompletionRequest) -> dict:
         prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
         outs = self._generate(prompts, req)
         choices = [{"index": i * req.n + j, "text": g.text, "finish_reason": _finish(g), "logprobs": None}
@@ -120,8 +124,7 @@ class CompletionServer:
                 "model": self.model_name, "choices": choices}
 
     @api.post("/v1/chat/completions")
-    def chat(self, req: ChatRequest, request: Request) -> dict:
-        _check_token(request, self.token_digest)
+    def chat(self, req: ChatRequest) -> dict:
         messages = [m.model_dump() for m in req.messages]
         if getattr(self.tokenizer, "chat_template", None):
             prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -154,7 +157,8 @@ def resolve_checkpoint(checkpoint: str, storage_overrides: dict | None = None) -
 def build_app(checkpoint: str, config: str | None = None, overrides: list[str] | None = None,
               replicas: int | None = None):
     cfg = load_config(config, overrides or []) if (config or overrides) else load_config(None)
-    path, name = resolve_checkpoint(checkpoint)
+    # A run URI is read with the config's storage settings (S3 endpoint, region, credentials), as the run wrote it.
+    path, name = resolve_checkpoint(checkpoint, cfg.storage.model_dump(exclude={"uri"}))
     res = cfg.resources.sampler
     deployment = CompletionServer.options(
         num_replicas=replicas or cfg.sampler.replicas,

