@@ -30,6 +30,27 @@ _DEFINITIONS = {
 
 _lock = threading.Lock()
 _metrics: dict[str, Any] = {}
+# Ray exports a gauge only for a short while after it was last set; a training stage lasts minutes. The last value
+# of each gauge series is set again every few seconds so the dashboard keeps showing it.
+_gauges: dict[tuple[str, tuple], float] = {}
+_refresher: threading.Thread | None = None
+REFRESH_S = 5.0
+
+
+def _refresh_forever() -> None:
+    import time
+
+    import ray
+
+    while ray.is_initialized():
+        time.sleep(REFRESH_S)
+        with _lock:
+            items = list(_gauges.items())
+        for (name, tags), value in items:
+            try:
+                _metrics[name].set(value, tags=dict(tags))
+            except Exception as e:  # metrics must never break a run
+                log.debug("refreshing %s failed: %s", name, e)
 
 
 def _metric(name: str):
@@ -58,10 +79,16 @@ def record(name: str, value: float, run: str, **tags: str) -> None:
     all_tags = {"run": run, "stage": tags.get("stage", ""), "source": tags.get("source", "")}
     if _DEFINITIONS[name][0] == "counter":
         m.inc(float(value), tags=all_tags)
-    else:
-        m.set(float(value), tags=all_tags)
+        return
+    m.set(float(value), tags=all_tags)
+    global _refresher
+    with _lock:
+        _gauges[(name, tuple(sorted(all_tags.items())))] = float(value)
+        if _refresher is None or not _refresher.is_alive():
+            _refresher = threading.Thread(target=_refresh_forever, name="sami-metrics", daemon=True)
+            _refresher.start()
 
 
 def set_stage(run: str, stage: str, iteration: int) -> None:
-    record("sami_stage", STAGES.get(stage, -1), run, stage=stage)
+    record("sami_stage", STAGES.get(stage, -1), run)  # one series per run: its value names the stage
     record("sami_iteration", iteration, run)

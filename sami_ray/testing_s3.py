@@ -180,11 +180,12 @@ class OutageProxy:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
+            for s in (src, dst):  # shutdown first: it wakes the other direction's blocked recv
                 try:
-                    s.close()
+                    s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+                s.close()
 
     def close(self) -> None:
         self.sock.close()

@@ -43,6 +43,11 @@ class S3Settings:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
 
+    def socket_timeout(self) -> float:
+        """The read timeout of one attempt: a connection that hangs (not one that fails) must leave time in
+        `retry_total_seconds` for further attempts. It bounds waiting for bytes, not a whole large transfer."""
+        return min(self.read_timeout, max(5.0, self.retry_total_seconds / 4))
+
     def __repr__(self) -> str:  # the dataclass default would print the key id
         return f"S3Settings(endpoint_url={self.endpoint_url!r}, region={self.region!r})"
 
@@ -120,7 +125,7 @@ class _Connection:
                 cfg = Config(
                     # Our own loop retries with a bounded total time; botocore's would multiply it.
                     retries={"total_max_attempts": 1},
-                    connect_timeout=self.s.connect_timeout, read_timeout=self.s.read_timeout,
+                    connect_timeout=self.s.connect_timeout, read_timeout=self.s.socket_timeout(),
                     max_pool_connections=max(10, self.s.max_concurrency + 2),
                     s3={"addressing_style": "path"} if self.s.endpoint_url else None,
                 )
