@@ -18,6 +18,8 @@ _CPU_DEFAULTS = {
 }
 _ALWAYS = {
     "RAY_DEDUP_LOGS": "0",
+    # vLLM's start-up and per-call INFO/WARNING lines drown the run's own progress; set it to INFO to see them.
+    "VLLM_LOGGING_LEVEL": "ERROR",
 }
 
 

@@ -19,6 +19,7 @@ from .. import faults
 from ..config import EngineOptions, RoleResources, SamplerConfig
 from ..engines.base import Generation, SamplingSpec
 from ..errors import UserError
+from ..progress import Progress
 from .placement import reserve, strategy
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class SamplerPool:
         self.replicas[i] = self._spawn(i)
         return self.replicas[i].ready.remote()
 
-    def _run(self, method: str, batches: Sequence[tuple]) -> list:
+    def _run(self, method: str, batches: Sequence[tuple], desc: str | None = None) -> list:
         """Run `method(*batch)` for every batch over the replicas; results in batch order, each exactly once.
 
         A replica that dies takes its batch back to the queue and is replaced; the other replicas carry on.
@@ -122,6 +123,7 @@ class SamplerPool:
         queue = deque(range(len(batches)))
         idle = deque(range(len(self.replicas)))
         inflight: dict = {}  # ref -> (batch index or None for a replacement starting, replica index)
+        bar = Progress(desc or method, len(batches), unit="batch")
         while queue or any(b is not None for b, _ in inflight.values()):
             while queue and idle:
                 b, r = queue.popleft(), idle.popleft()
@@ -147,7 +149,9 @@ class SamplerPool:
                 log.info("replacement sampler replica %d is ready", r)
             else:
                 results[b] = value
+                bar.update()
             idle.append(r)
+        bar.close()
         return results
 
     def _batched(self, n: int) -> list[range]:
@@ -164,7 +168,8 @@ class SamplerPool:
         seeds = [item_seed(spec.seed, i) for i in ids]
         prompts = [p for _, p in items]
         chunks = self._batched(len(items))
-        outs = self._run("generate", [([prompts[k] for k in c], spec, [seeds[k] for k in c]) for c in chunks])
+        outs = self._run("generate", [([prompts[k] for k in c], spec, [seeds[k] for k in c]) for c in chunks],
+                         desc=f"sampling {len(items)} prompts")
         flat = [g for out in outs for g in out]
         if len(flat) != len(items):
             raise SamplerError(f"sampler returned {len(flat)} answers for {len(items)} prompts")
@@ -181,7 +186,8 @@ class SamplerPool:
         if len(prompts) != len(responses):
             raise ValueError(f"score: {len(prompts)} prompts but {len(responses)} responses")
         chunks = self._batched(len(prompts))
-        outs = self._run("score", [([prompts[k] for k in c], [responses[k] for k in c]) for c in chunks])
+        outs = self._run("score", [([prompts[k] for k in c], [responses[k] for k in c]) for c in chunks],
+                         desc=f"scoring {len(prompts)} answers")
         return [s for out in outs for s in out]
 
     # ------------------------------------------------------------ weights
