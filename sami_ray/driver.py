@@ -236,10 +236,15 @@ class Run:
         return pset
 
     def _write_principles(self, seeds):
-        from .actors.writer import start_writer
+        from .actors.writer import PoolAsEngine, PrincipleWriterCore, start_writer
 
         ensure_ray(self.cfg.resources)
         spec = self.cfg.models.writer
+        if resolve_model_path(spec.path, spec.gguf_file) == self._local_model(None):
+            # The policy writes its own principles: its sampler pool is the writer, no second engine starts.
+            core = PrincipleWriterCore(PoolAsEngine(self.pool(None)), self._chat_tokenizer())
+            return core.write(self.cfg.task.description, seeds, len(seeds), fallback_to_seeds=True,
+                              seed=self.cfg.run.seed)
         writer = start_writer(str(resolve_model_path(spec.path, spec.gguf_file)), self.cfg.sampler.engine,
                               self.cfg.resources.writer, runtime_env=runtime_env(),
                               backend=self.cfg.sampler.backend)

@@ -4,7 +4,7 @@ sampler batches move to a fresh replica).
 `SAMI_RAY_TEST_FAULTS='{"train_exit": {"rank": 1, "step": 3, "marker": "/tmp/x", "delay_s": 3}}'` makes rank 1
 exit hard after optimizer step 3 (and `delay_s` seconds), unless the marker file exists; the marker is written
 first, so it happens once per marker. `{"sampler_exit": {"call": 2, "marker": "/tmp/y"}}` makes a sampler replica
-exit hard in the middle of its second `generate` call. The delay lets Ray Train's controller register the checkpoints already
+exit hard in the middle of its second `generate` call (without "call": of any call made while the marker is absent). The delay lets Ray Train's controller register the checkpoints already
 reported: it polls workers periodically, and a checkpoint reported just before a crash may otherwise be dropped.
 """
 
@@ -45,5 +45,5 @@ def maybe_exit(rank: int, step: int) -> None:
 
 def maybe_exit_sampler(call: int) -> None:
     spec = _spec("sampler_exit")
-    if spec and int(spec.get("call", -1)) == call:
+    if spec and (spec.get("call") is None or int(spec["call"]) == call):
         _exit_once(spec, f"sampler replica exited in generate call {call}")

@@ -274,6 +274,20 @@ class PrincipleWriter:
                                seed=seed)
 
 
+class PoolAsEngine:
+    """A sampler pool seen as the writer's engine: when the policy writes its own principles, the pool already
+    holds that model, and a second engine would only cost start-up time and memory."""
+
+    def __init__(self, pool: Any):
+        self.pool = pool
+
+    def generate(self, prompts: list[str], spec: SamplingSpec, seeds: list[int] | None = None) -> list:
+        seeds = list(seeds) if seeds is not None else list(range(len(prompts)))
+        out = self.pool.sample([(f"writer-{i}-{s}", p) for i, (p, s) in enumerate(zip(prompts, seeds, strict=True))],
+                               spec)
+        return list(out.values())
+
+
 def start_writer(model_path: str, engine_options: EngineOptions, resources: RoleResources,
                  runtime_env: dict | None = None, backend: str = "vllm", name: str | None = None) -> Any:
     """A PrincipleWriter actor named 'sami-writer-<6 hex>' (visible in the dashboard) on the writer's resources."""

@@ -37,8 +37,23 @@ def ray_head(monkeypatch):
     try:
         yield f"http://127.0.0.1:{dash}", f"127.0.0.1:{port}"
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_head(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _stop_head(temp: str) -> None:
+    """Stop this head only (`ray stop` would stop every Ray on the machine): its processes name its temp dir, and
+    its workers exit with their raylet."""
+    import psutil
+
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        if any(temp in arg for arg in (p.info["cmdline"] or [])):
+            procs.append(p)
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=20)
+    for p in alive:
+        p.kill()
 
 
 def _ray_cli(*args, timeout=120) -> str:

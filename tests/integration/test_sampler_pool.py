@@ -4,7 +4,7 @@ Answers are seeded per item id, so the pool (any replica count, any batching, an
 exactly what one bare engine returns for the same ids: that is what these tests compare against.
 """
 
-import threading
+import json
 import time
 
 import pytest
@@ -38,9 +38,19 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def pool(cluster, models):
+def fault_marker(tmp_path_factory):
+    """While this file exists the fault hook is disarmed; a test removes it to make a replica die in its next call."""
+    marker = tmp_path_factory.mktemp("faults") / "sampler-died"
+    marker.write_text("disarmed\n")
+    return marker
+
+
+@pytest.fixture(scope="module")
+def pool(cluster, models, fault_marker):
     cfg = SamplerConfig(replicas=2, batch_size=4, engine=ENGINE, max_retries=2)
-    p = SamplerPool(str(models[0]), cfg, RoleResources(num_cpus=1), runtime_env=runtime_env())
+    env = runtime_env()
+    env["env_vars"]["SAMI_RAY_TEST_FAULTS"] = json.dumps({"sampler_exit": {"marker": str(fault_marker)}})
+    p = SamplerPool(str(models[0]), cfg, RoleResources(num_cpus=1), runtime_env=env)
     yield p
     p.shutdown()
 
@@ -65,25 +75,25 @@ def test_pool_answers_equal_one_bare_engine(pool, reference):
     assert out == reference
 
 
-def test_killed_replica_mid_batch_loses_and_duplicates_nothing(pool, reference):
+def test_killed_replica_mid_batch_loses_and_duplicates_nothing(pool, reference, fault_marker):
     calls = []
     real_run = pool._run
 
-    def spy(method, batches):
+    def spy(method, batches, **kw):
         calls.append(len(batches))
-        return real_run(method, batches)
+        return real_run(method, batches, **kw)
 
-    victim = pool.replicas[0]
-    killer = threading.Timer(0.3, lambda: ray.kill(victim, no_restart=True))
+    before = list(pool.replicas)
     pool._run = spy
+    fault_marker.unlink()  # the next replica to finish a generate call exits before returning its answers
     try:
-        killer.start()
-        out = pool.sample(ITEMS * 1, SPEC)
+        out = pool.sample(ITEMS, SPEC)
     finally:
-        killer.cancel()
         pool._run = real_run
+    assert fault_marker.exists(), "no replica died: the test proves nothing"
+    assert calls == [10], "one request of 10 batches (40 prompts, batch size 4)"
     assert out == reference, "every example exactly once, the same answers as without the kill"
-    assert pool.replicas[0] is not victim, "the dead replica was replaced"
+    assert any(a is not b for a, b in zip(pool.replicas, before, strict=True)), "the dead replica was replaced"
     assert pool.versions() == [0, 0]
 
 

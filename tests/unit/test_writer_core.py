@@ -242,3 +242,21 @@ def test_real_tiny_model_falls_back_or_quotes_output(tmp_path, seeds):
     with pytest.raises(WriterError) as err:
         core.write(TASK, seeds, 2, retries=0, seed=1)
     assert _quote(engine.texts[0]) in str(err.value) and _quote(engine.texts[1]) in str(err.value)
+
+
+def test_pool_as_engine_keeps_order_and_gives_each_attempt_its_own_ids():
+    from sami_ray.actors.writer import PoolAsEngine
+    from sami_ray.engines.base import Generation, SamplingSpec
+
+    seen = []
+
+    class FakePool:
+        def sample(self, items, spec):
+            seen.append([i for i, _ in items])
+            return {i: [Generation(f"answer to {p}")] for i, p in items}
+
+    engine = PoolAsEngine(FakePool())
+    out = engine.generate(["a", "b"], SamplingSpec(), seeds=[7, 8])
+    assert [g[0].text for g in out] == ["answer to a", "answer to b"]
+    engine.generate(["a", "b"], SamplingSpec(), seeds=[9, 10])
+    assert seen[0] != seen[1], "another attempt must sample with other seeds (ids)"
