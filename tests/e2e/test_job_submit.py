@@ -3,6 +3,7 @@ iterations are committed in the store."""
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -26,8 +27,9 @@ def _free_port() -> int:
 def ray_head(monkeypatch):
     ray_bin = str(Path(sys.executable).parent / "ray")
     port, dash = _free_port(), _free_port()
-    # Token authentication on, as on our clusters: the head writes the token, this process reads it back.
+    # Token authentication on, as on our clusters; a token of this test's own, so a fresh machine needs none.
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     # Short: Ray's unix socket paths live under it and must stay within 107 bytes.
     temp = tempfile.mkdtemp(prefix="rayj-", dir="/tmp")
@@ -57,7 +59,7 @@ def _stop_head(temp: str) -> None:
 
 
 def _ray_cli(*args, timeout=120) -> str:
-    """The `ray` command as a user runs it (it reads the head's token from ~/.ray with RAY_AUTH_MODE=token)."""
+    """The `ray` command as a user runs it (RAY_AUTH_MODE=token, the token in RAY_AUTH_TOKEN)."""
     ray_bin = str(Path(sys.executable).parent / "ray")
     p = subprocess.run([ray_bin, *args], capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
     assert p.returncode == 0, f"ray {' '.join(args)} failed:\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}"
