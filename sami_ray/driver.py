@@ -29,7 +29,7 @@ from .inputs import load_run_queries, seed_principles, split_queries
 from .models import require_safetensors, resolve_model_path
 from .runtime import ensure_ray, runtime_env
 from .sami.constitutions import PrincipleSet, relevant_principles, sample_constitutions
-from .sami.data import Query, ResponseFilter, SamiExample, load_examples, save_examples
+from .sami.data import Query, ResponseFilter, SamiExample, save_examples
 from .sami.prompts import has_chat_template, render_prompt
 from .storage import CheckpointStore
 
@@ -63,6 +63,16 @@ class RunSummary:
     timings: dict[str, float] = field(default_factory=dict)
     stopped_early: str | None = None
     final_model: str | None = None
+
+
+class StageDiscarded(UserError):
+    """A committed stage was found corrupt where it was about to be used, and discarded. `Run.execute` walks the
+    stages again and computes it; anywhere else the message tells the user how."""
+
+    def __init__(self, stage: str, run_uri: str):
+        super().__init__(f"{run_uri}/{stage} was corrupt and has been discarded; `sami-ray resume {run_uri}` "
+                         "computes it again")
+        self.stage = stage
 
 
 class Run:
@@ -146,8 +156,8 @@ class Run:
             return resolve_model_path(spec.path, spec.gguf_file)
         dest = self._fetch(stage)
         if dest is None:
-            raise UserError(f"{self.store.url(stage)} was corrupt and has been discarded; run `sami-ray resume "
-                            f"{self.store.uri}` to train it again")
+            self._pool_model = None  # the stage's folder will hold other weights once it is recomputed
+            raise StageDiscarded(stage, self.store.uri)
         return require_safetensors(dest)
 
     @property
@@ -348,8 +358,8 @@ class Run:
         from .train import train
 
         key = stage_key(k, "model")
-        if self.store.is_committed(key) and self._fetch(key) is not None:
-            return key
+        if self.store.is_committed(key):
+            return key  # verified where it is used (`_local_model`): resume downloads no model it does not need
         ensure_ray(self.cfg.resources)
         metrics.set_stage(self.run_id, "train", k)
         out = Path(tempfile.mkdtemp(dir=self.workdir, prefix="export-")) / "model"
@@ -409,41 +419,50 @@ class Run:
 
     # ------------------------------------------------------------ the loop
 
-    def execute(self) -> RunSummary:
+    def execute(self, max_walks: int = 3) -> RunSummary:
+        """Walk the stages; a committed stage found corrupt where it is used is discarded and the walk starts
+        again, computing it anew (every stage before it is still committed and skipped)."""
         t0 = time.perf_counter()
         try:
-            principles = self.stage_principles()
-            summary = RunSummary(self.store.uri, principles)
-            train, held_out = self.queries()
-            base = self.stage_eval(0, None, held_out, principles, None)
-            if base:
-                summary.reports.append(base)
-            current: str | None = None  # the model the next iteration samples from and trains
-            for k in range(1, self.cfg.run.iterations + 1):
-                self.say(f"=== iteration {k}/{self.cfg.run.iterations}")
-                examples = self.stage_samples(k, current, train, principles)
-                init = current if self.cfg.trainer.init == "previous" else None
-                produced = self.stage_model(k, init, examples)
-                report = self.stage_eval(k, produced, held_out, principles, base)
-                action = (report or {}).get("degeneration", {}).get("action")
-                if report:
-                    summary.reports.append(report)
-                if action == "rollback":
-                    self.say(f"iteration {k}: degeneration guard tripped; rolling back to {current or 'base'}")
-                    continue
-                current = produced
-                if action == "stop":
-                    summary.stopped_early = f"degeneration guard tripped at iteration {k}"
-                    break
-            summary.final_model = current
-            metrics.set_stage(self.run_id, "done", self.cfg.run.iterations)
-            summary.timings = dict(self.timings, total=round(time.perf_counter() - t0, 1))
-            self.store.put_json("summary.json", {"final_model": current, "timings": summary.timings,
-                                                 "stopped_early": summary.stopped_early})
-            return summary
+            for _ in range(max_walks):
+                try:
+                    return self._walk(t0)
+                except StageDiscarded as e:
+                    self.say(f"{e.stage} was discarded; walking the stages again to compute it")
+            raise UserError(f"{self.store.uri}: stages kept turning out corrupt after {max_walks} walks; "
+                            "check the store")
         finally:
             self.shutdown()
 
-
-def load_examples_stage(path: Path) -> list[SamiExample]:
-    return load_examples(path)
+    def _walk(self, t0: float) -> RunSummary:
+        principles = self.stage_principles()
+        summary = RunSummary(self.store.uri, principles)
+        train, held_out = self.queries()
+        base = self.stage_eval(0, None, held_out, principles, None)
+        if base:
+            summary.reports.append(base)
+        current: str | None = None  # the model the next iteration samples from and trains
+        for k in range(1, self.cfg.run.iterations + 1):
+            self.say(f"=== iteration {k}/{self.cfg.run.iterations}")
+            examples = self.stage_samples(k, current, train, principles)
+            init = current if self.cfg.trainer.init == "previous" else None
+            produced = self.stage_model(k, init, examples)
+            report = self.stage_eval(k, produced, held_out, principles, base)
+            action = (report or {}).get("degeneration", {}).get("action")
+            if report:
+                summary.reports.append(report)
+            if action == "rollback":
+                self.say(f"iteration {k}: degeneration guard tripped; rolling back to {current or 'base'}")
+                continue
+            current = produced
+            if action == "stop":
+                summary.stopped_early = f"degeneration guard tripped at iteration {k}"
+                break
+        if current is not None:
+            self._local_model(current)  # the run's product must be intact, even when every stage was done
+        summary.final_model = current
+        metrics.set_stage(self.run_id, "done", self.cfg.run.iterations)
+        summary.timings = dict(self.timings, total=round(time.perf_counter() - t0, 1))
+        self.store.put_json("summary.json", {"final_model": current, "timings": summary.timings,
+                                             "stopped_early": summary.stopped_early})
+        return summary

@@ -22,6 +22,7 @@ from ray import serve
 
 from .config import EngineOptions, load_config
 from .errors import UserError
+from .sami.prompts import has_chat_template
 
 TOKEN_ENV = "SAMI_RAY_SERVE_TOKEN"
 
@@ -91,14 +92,12 @@ def _stops(stop: list[str] | str | None) -> list[str]:
 class CompletionServer:
     def __init__(self, model_path: str, backend: str, engine_options: dict, model_name: str,
                  token_sha256: str | None = None):
-        from transformers import AutoTokenizer
-
         from .engines import make_engine
 
         self.model_name = model_name
         self.token_digest = token_sha256
         self.engine = make_engine(model_path, backend, EngineOptions(**engine_options))
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer = self.engine.tokenizer  # both backends hold the model's tokenizer
         self.lock = threading.Lock()  # one engine, one request at a time inside it
 
     def _generate(self, prompts: list[str], req) -> list[list]:
@@ -126,7 +125,7 @@ class CompletionServer:
     @api.post("/v1/chat/completions")
     def chat(self, req: ChatRequest) -> dict:
         messages = [m.model_dump() for m in req.messages]
-        if getattr(self.tokenizer, "chat_template", None):
+        if has_chat_template(self.tokenizer):
             prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         else:
             prompt = "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages) + "\n\nAssistant:"

@@ -6,11 +6,10 @@ from ..config import RoleResources
 from ..errors import UserError
 
 
-def bundle(res: RoleResources, gpus_per_replica: float | None = None) -> dict[str, float]:
-    gpus = res.num_gpus if gpus_per_replica is None else gpus_per_replica
+def bundle(res: RoleResources) -> dict[str, float]:
     b = {"CPU": float(res.num_cpus)}
-    if gpus:
-        b["GPU"] = float(gpus)
+    if res.num_gpus:
+        b["GPU"] = float(res.num_gpus)
     return b
 
 

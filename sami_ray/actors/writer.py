@@ -258,12 +258,7 @@ class PrincipleWriter:
         from ..engines import make_engine
 
         engine = make_engine(model_path, backend, engine_options)
-        tokenizer = getattr(engine, "tokenizer", None)  # both backends hold one; load it only if not
-        if tokenizer is None:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.core = PrincipleWriterCore(engine, tokenizer)
+        self.core = PrincipleWriterCore(engine, engine.tokenizer)  # both backends hold the model's tokenizer
 
     def ready(self) -> bool:
         return True

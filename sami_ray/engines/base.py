@@ -7,7 +7,7 @@ and plain transformers are interchangeable behind them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Generation:
 @runtime_checkable
 class Engine(Protocol):
     version: int  # 0 for the weights the engine started with, +1 per load_weights
+    tokenizer: Any  # the model's own (chat template, token counts): callers need not load it again
 
     def generate(self, prompts: list[str], spec: SamplingSpec, seeds: list[int] | None = None
                  ) -> list[list[Generation]]:
