@@ -17,7 +17,7 @@ import time
 
 
 def _tokens(out) -> int:
-    return sum(g.num_tokens for gens in (out.values() if isinstance(out, dict) else out) for g in gens)
+    return sum(g.num_tokens for gens in out for g in gens)
 
 
 def main() -> None:
@@ -32,12 +32,13 @@ def main() -> None:
 
     import ray
 
-    from sami_ray.actors.sampler import SamplerPool, item_seed
+    from sami_ray.actors.sampler import SamplerPool
     from sami_ray.config import QueriesConfig, RoleResources, SamplerConfig
     from sami_ray.engines import SamplingSpec, make_engine
     from sami_ray.inputs import load_run_queries
     from sami_ray.models import resolve_model_path
     from sami_ray.runtime import apply_process_env, runtime_env
+    from sami_ray.sami.seeds import derive_seed
 
     apply_process_env()
     path = str(resolve_model_path(args.model))
@@ -49,10 +50,10 @@ def main() -> None:
     engine = make_engine(path, "vllm", cfg.engine)
     ray.init(num_cpus=args.cpus, include_dashboard=False, runtime_env=runtime_env())
     pool = SamplerPool(path, cfg, RoleResources(num_cpus=args.cpus // args.replicas), runtime_env=runtime_env())
-    seeds = [item_seed(spec.seed, i) for i, _ in items]
+    seeds = [derive_seed(spec.seed, i) for i, _ in items]
     prompts = [p for _, p in items]
     engine.generate(prompts[:4], spec, seeds[:4])  # warm-up both
-    pool.sample(items[:4], spec)
+    pool.generate(prompts[:4], spec, seeds[:4])
 
     rates: dict[str, list[float]] = {"engine": [], "pool": []}
     for _ in range(args.rounds):
@@ -60,7 +61,7 @@ def main() -> None:
         out = engine.generate(prompts, spec, seeds)
         rates["engine"].append(_tokens(out) / (time.perf_counter() - t0))
         t0 = time.perf_counter()
-        out = pool.sample(items, spec)
+        out = pool.generate(prompts, spec, seeds)
         rates["pool"].append(_tokens(out) / (time.perf_counter() - t0))
     pool.shutdown()
     ray.shutdown()

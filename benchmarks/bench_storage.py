@@ -11,12 +11,15 @@ import argparse
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from sami_ray.storage import CheckpointStore
-from sami_ray.testing_s3 import MotoProcess
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for tests.support
+
+from sami_ray.storage import CheckpointStore  # noqa: E402
+from tests.support.s3 import MotoProcess  # noqa: E402
 
 
 def _make_folder(root: Path, mb: int) -> Path:

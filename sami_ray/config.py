@@ -339,6 +339,13 @@ def config_from_dict(data: dict[str, Any], source: str = "<defaults>") -> RunCon
         raise ConfigError(_format_errors(e, source)) from None
 
 
+def demo_config_path() -> Path:
+    """The embedded demo's config: what `sami-ray run` runs with no config file."""
+    from importlib.resources import files
+
+    return Path(str(files("sami_ray") / "data" / "demo.yaml"))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Defaults, then the YAML file, then the overrides. Errors name the file and the dotted field."""
     data: dict[str, Any] = {}

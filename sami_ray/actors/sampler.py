@@ -1,15 +1,14 @@
 """The policy samplers: R Ray actors, each one engine, behind a pool that shards work and survives replica death.
 
-Every prompt carries its own sampling seed, derived from its id, so an answer does not depend on which replica or
-batch it went to: a run with 1 or 4 replicas, or one where a replica died and its batch was redone, samples the same
-answers.
+Every prompt carries its own sampling seed (the caller derives it from the prompt's identity), so an answer does
+not depend on which replica or batch it went to: a run with 1 or 4 replicas, or one where a replica died and its
+batch was redone, samples the same answers.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-import zlib
 from collections import deque
 from collections.abc import Sequence
 
@@ -17,7 +16,7 @@ import ray
 
 from .. import faults
 from ..config import EngineOptions, RoleResources, SamplerConfig
-from ..engines.base import Generation, SamplingSpec
+from ..engines.base import Generation, SamplingSpec, prompt_seeds
 from ..errors import UserError
 from ..progress import Progress
 from .placement import reserve, strategy
@@ -56,12 +55,8 @@ class PolicySampler:
         return self.engine.load_weights(path)
 
 
-def item_seed(base: int, item_id: str) -> int:
-    return (base * 1_000_003 + zlib.crc32(item_id.encode())) % 2**31
-
-
 class SamplerPool:
-    """R sampler replicas on their own placement-group bundles; also the evaluation `Policy` (generate/score)."""
+    """R sampler replicas on their own placement-group bundles, seen from outside as one engine (generate/score)."""
 
     def __init__(self, model_path: str, cfg: SamplerConfig, resources: RoleResources,
                  runtime_env: dict | None = None, ready_timeout_s: float = 600.0):
@@ -160,27 +155,18 @@ class SamplerPool:
 
     # ------------------------------------------------------------ work
 
-    def sample(self, items: Sequence[tuple[str, str]], spec: SamplingSpec) -> dict[str, list[Generation]]:
-        """`items` are (id, prompt); the answer is {id: spec.n generations}, in the order of `items`."""
-        ids = [i for i, _ in items]
-        if len(set(ids)) != len(ids):
-            raise ValueError("sample: item ids must be unique")
-        seeds = [item_seed(spec.seed, i) for i in ids]
-        prompts = [p for _, p in items]
-        chunks = self._batched(len(items))
+    def generate(self, prompts: list[str], spec: SamplingSpec, seeds: list[int] | None = None
+                 ) -> list[list[Generation]]:
+        """The engines' shape: `spec.n` generations per prompt, prompt i sampled with `seeds[i]` whichever
+        replica and batch it lands in."""
+        seeds = prompt_seeds(spec, len(prompts), seeds)
+        chunks = self._batched(len(prompts))
         outs = self._run("generate", [([prompts[k] for k in c], spec, [seeds[k] for k in c]) for c in chunks],
-                         desc=f"sampling {len(items)} prompts")
+                         desc=f"sampling {len(prompts)} prompts")
         flat = [g for out in outs for g in out]
-        if len(flat) != len(items):
-            raise SamplerError(f"sampler returned {len(flat)} answers for {len(items)} prompts")
-        return dict(zip(ids, flat, strict=True))
-
-    def generate(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_tokens: int,
-                 seed: int) -> list[list[str]]:
-        spec = SamplingSpec(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                            stop=list(self.cfg.stop), seed=seed)
-        out = self.sample([(str(i), p) for i, p in enumerate(prompts)], spec)
-        return [[g.text for g in out[str(i)]] for i in range(len(prompts))]
+        if len(flat) != len(prompts):
+            raise SamplerError(f"sampler returned {len(flat)} answers for {len(prompts)} prompts")
+        return flat
 
     def score(self, prompts: list[str], responses: list[str]) -> list[list[float]]:
         if len(prompts) != len(responses):

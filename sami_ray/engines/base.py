@@ -6,33 +6,12 @@ and plain transformers are interchangeable behind them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from ..sami.sampling import Generation, SamplingSpec
+from ..sami.seeds import derive_seed
 
-@dataclass(frozen=True)
-class SamplingSpec:
-    """How to sample; `seed` is the base of the per-prompt seeds (prompt i uses seed + i unless told otherwise)."""
-
-    n: int = 1
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_tokens: int = 80
-    stop: list[str] = field(default_factory=list)
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.n < 1:
-            raise ValueError(f"SamplingSpec.n must be >= 1, got {self.n}")
-        if self.max_tokens < 1:
-            raise ValueError(f"SamplingSpec.max_tokens must be >= 1, got {self.max_tokens}")
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    truncated: bool = False  # stopped by max_tokens rather than by EOS or a stop string
-    num_tokens: int = 0
+__all__ = ["Engine", "Generation", "SamplingSpec", "encode_pair", "prompt_seeds"]
 
 
 @runtime_checkable
@@ -42,8 +21,8 @@ class Engine(Protocol):
 
     def generate(self, prompts: list[str], spec: SamplingSpec, seeds: list[int] | None = None
                  ) -> list[list[Generation]]:
-        """`spec.n` generations per prompt; `seeds[i]` (default spec.seed + i) makes prompt i reproducible
-        whatever else is in the batch."""
+        """`spec.n` generations per prompt; `seeds[i]` (default: derived from spec.seed and i) makes prompt i
+        reproducible whatever else is in the batch."""
         ...
 
     def score(self, prompts: list[str], responses: list[str]) -> list[list[float]]:
@@ -56,8 +35,9 @@ class Engine(Protocol):
 
 
 def prompt_seeds(spec: SamplingSpec, count: int, seeds: list[int] | None) -> list[int]:
+    """The given per-prompt seeds, or seeds derived from `spec.seed` and each prompt's position."""
     if seeds is None:
-        return [spec.seed + i for i in range(count)]
+        return [derive_seed(spec.seed, i) for i in range(count)]
     if len(seeds) != count:
         raise ValueError(f"{len(seeds)} seeds for {count} prompts")
     return list(seeds)

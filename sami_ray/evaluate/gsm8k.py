@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 
-from .policy import Policy, Sampling
+from ..sami.sampling import SamplingSpec
+from .policy import Policy, generate_texts
 
 _NUMBER = re.compile(
     r"(?<![\w.])(?P<s1>[-−])?\$?(?P<s2>[-−])?(?P<int>\d{1,3}(?:,\d{3})+|\d+)(?P<frac>\.\d+)?")
@@ -76,12 +78,12 @@ def score_samples(samples: Sequence[Sequence[str]], references: Sequence[str],
             "pass_at": {str(k): sum(pass_at_k(n, c, k) for c in correct) / len(correct) for k in ks}}
 
 
-def gsm8k_eval(policy: Policy, prompts: Sequence[str], references: Sequence[str], k: int, sampling: Sampling,
+def gsm8k_eval(policy: Policy, prompts: Sequence[str], references: Sequence[str], k: int, sampling: SamplingSpec,
                seed: int) -> dict:
     """Sample k answers per problem and score pass@1..k. With temperature 0 the k samples are identical."""
     k = max(1, min(int(k), 10))
-    out = policy.generate(list(prompts), n=k, temperature=sampling.temperature, top_p=sampling.top_p,
-                          max_tokens=sampling.max_tokens, seed=seed)
+    out = generate_texts(policy, list(prompts), replace(sampling, n=k), seed,
+                         keys=[("gsm8k", i) for i in range(len(prompts))])
     samples = [(list(s) + [""] * k)[:k] for s in out]  # a short return counts as wrong answers, not a crash
     result = score_samples(samples, references)
     result["examples"] = [{"reference": extract_answer(ref), "answer": s[0][-300:], "extracted": extract_answer(s[0])}

@@ -22,7 +22,8 @@ from typing import Literal, Protocol
 import httpx
 
 from ..errors import UserError
-from .policy import Policy, Sampling, generate_one
+from ..sami.sampling import SamplingSpec
+from .policy import Policy, generate_one
 from .text import word_count
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ class LocalJudge:
 
     def __init__(self, policy: Policy, max_tokens: int = 256):
         self.policy = policy
-        self.sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=max_tokens)
+        self.sampling = SamplingSpec(temperature=0.0, top_p=1.0, max_tokens=max_tokens)
         self.errors: Counter[str] = Counter()
 
     def complete(self, prompts: list[str]) -> list[str | None]:

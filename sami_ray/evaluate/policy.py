@@ -1,20 +1,22 @@
-"""What evaluation needs from a model: sample answers and score given answers. Nothing else.
+"""What evaluation needs from a model: sample answers and score given answers, in the engines' one shape.
 
-The driver passes its sampler pool (vLLM actors), tests pass a plain transformers wrapper; evaluation never imports
-vLLM or Ray itself.
+The stage loop passes its sampler pool (vLLM actors), tests pass an engine or a plain transformers wrapper;
+evaluation never imports vLLM or Ray itself.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+
+from ..sami.sampling import Generation, SamplingSpec
+from ..sami.seeds import derive_seed
 
 
 @runtime_checkable
 class Policy(Protocol):
-    def generate(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_tokens: int,
-                 seed: int) -> list[list[str]]:
-        """`n` completions per prompt (outer list aligned with `prompts`)."""
+    def generate(self, prompts: list[str], spec: SamplingSpec, seeds: list[int] | None = None
+                 ) -> list[list[Generation]]:
+        """`spec.n` generations per prompt; prompt i sampled with `seeds[i]`."""
         ...
 
     def score(self, prompts: list[str], responses: list[str]) -> list[list[float]]:
@@ -23,25 +25,25 @@ class Policy(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """How evaluation samples: one answer per (query, constitution, seed) unless `n` says otherwise."""
-
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_tokens: int = 80
-
-    @classmethod
-    def from_sampler(cls, sampler_cfg: object | None) -> Sampling:
-        if sampler_cfg is None:
-            return cls()
-        return cls(float(sampler_cfg.temperature), float(sampler_cfg.top_p), int(sampler_cfg.max_tokens))
+def sampling_from(sampler_cfg: object | None, n: int = 1) -> SamplingSpec:
+    """Evaluation samples as the sampler is configured (defaults without a config)."""
+    if sampler_cfg is None:
+        return SamplingSpec(n=n)
+    return SamplingSpec(n=n, temperature=float(sampler_cfg.temperature), top_p=float(sampler_cfg.top_p),
+                        max_tokens=int(sampler_cfg.max_tokens), stop=list(getattr(sampler_cfg, "stop", [])))
 
 
-def generate_one(policy: Policy, prompts: list[str], sampling: Sampling, seed: int) -> list[str]:
-    """One answer per prompt."""
+def generate_texts(policy: Policy, prompts: list[str], spec: SamplingSpec, seed: int, keys: list | None = None
+                   ) -> list[list[str]]:
+    """`spec.n` texts per prompt; prompt i's seed derives from `seed` and `keys[i]` (default: its position)."""
     if not prompts:
         return []
-    out = policy.generate(prompts, n=1, temperature=sampling.temperature, top_p=sampling.top_p,
-                          max_tokens=sampling.max_tokens, seed=seed)
-    return [choices[0] if choices else "" for choices in out]
+    keys = keys if keys is not None else list(range(len(prompts)))
+    out = policy.generate(list(prompts), spec, [derive_seed(seed, key) for key in keys])
+    return [[g.text for g in gens] for gens in out]
+
+
+def generate_one(policy: Policy, prompts: list[str], spec: SamplingSpec, seed: int, keys: list | None = None
+                 ) -> list[str]:
+    """One answer per prompt."""
+    return [choices[0] if choices else "" for choices in generate_texts(policy, prompts, spec, seed, keys)]

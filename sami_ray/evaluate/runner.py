@@ -10,14 +10,14 @@ from collections.abc import Callable, Sequence
 
 from ..config import ConstitutionsConfig, EvaluationConfig
 from ..errors import ConfigError
-from ..sami.constitutions import Constitution, Principle, relevant_principles, sample_constitutions
+from ..sami.constitutions import Constitution, Principle, constitutions_per_query
 from ..sami.data import Query
 from ..sami.prompts import render_prompt
 from .degeneration import degeneration_report
 from .gsm8k import gsm8k_eval
 from .judge import PairItem, judge_from_config, judge_pairs
 from .mi_bound import mi_bound
-from .policy import Policy, Sampling, generate_one
+from .policy import Policy, generate_one, sampling_from
 from .verifiable import principle_rates
 
 log = logging.getLogger(__name__)
@@ -33,19 +33,10 @@ def prompt_renderer(task_kind: str, tokenizer: object | None = None) -> Renderer
 def eval_constitutions(queries: Sequence[Query], principles: Sequence[Principle], n: int, seed: int,
                        cons_cfg: ConstitutionsConfig) -> list[tuple[Query, list[Constitution]]]:
     """The same N constitutions per held-out query at every iteration (they depend only on the seed and query id)."""
-    out = []
-    for q in queries:
-        ps = relevant_principles(principles, q.category) if cons_cfg.filter_by_category else list(principles)
-        if not ps:
-            continue
-        try:
-            cons = sample_constitutions(ps, n, seed=seed, key=("eval", q.id), mode=cons_cfg.mode,
-                                        first_all_positive=cons_cfg.first_all_positive, shuffle=cons_cfg.shuffle,
-                                        phrasing=cons_cfg.phrasing)
-        except ValueError as e:
-            raise ConfigError(f"evaluation.n = {n}: {e}") from None
-        out.append((q, cons))
-    return out
+    try:
+        return constitutions_per_query(queries, principles, cons_cfg, n, seed=seed, tag="eval")
+    except ValueError as e:
+        raise ConfigError(f"evaluation.n = {n}: {e}") from None
 
 
 def evaluate_iteration(policy: Policy, held_out_queries: Sequence[Query], principles: Sequence[Principle],
@@ -61,7 +52,7 @@ def evaluate_iteration(policy: Policy, held_out_queries: Sequence[Query], princi
     cons_cfg = constitutions_cfg or ConstitutionsConfig()
     n = cfg.n or cons_cfg.n
     render = render or prompt_renderer(task_kind)
-    sampling = Sampling.from_sampler(sampler_cfg)
+    sampling = sampling_from(sampler_cfg)
     timings: dict[str, float] = {}
     notes: list[str] = []
     plan = eval_constitutions(held_out_queries, principles, n, seed, cons_cfg)
@@ -74,7 +65,8 @@ def evaluate_iteration(policy: Policy, held_out_queries: Sequence[Query], princi
     per_seed: list[dict] = []
     for s in cfg.seeds:
         t0 = time.perf_counter()
-        flat = generate_one(policy, flat_prompts, sampling, seed=s)
+        flat = generate_one(policy, flat_prompts, sampling, seed=s,
+                            keys=[("eval", q.id, c.id) for q, cons in plan for c in cons])
         timings["sample"] = timings.get("sample", 0.0) + time.perf_counter() - t0
         responses = [flat[k * n:(k + 1) * n] for k in range(len(plan))]
         for (q, cons), rs in zip(plan, responses, strict=True):
@@ -90,7 +82,8 @@ def evaluate_iteration(policy: Policy, held_out_queries: Sequence[Query], princi
     answers = [(by_id[r["query_id"]][1][r["constitution_id"]], by_id[r["query_id"]][0], r["seed"], r["response"])
                for r in records]
     report: dict = {"iteration": iteration, "n": n, "seeds": list(cfg.seeds), "queries": len(plan),
-                    "sampling": vars(sampling)}
+                    "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p,
+                                 "max_tokens": sampling.max_tokens}}
     if cfg.mi_bound:
         report["mi_bound"] = _mean_bound(per_seed, n)
     if cfg.verifiable:

@@ -7,12 +7,13 @@ per query: response j is sampled under constitution j, and the loss asks the mod
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
+
+from .seeds import derive_rng
 
 Phrasing = Literal["text", "weak", "strong"]
 SamplingMode = Literal["random", "flip_one", "all_or_none"]
@@ -110,12 +111,6 @@ def render(principles: Sequence[Principle], signs: dict[str, bool], order: Seque
     return Constitution(id=pattern_id(signs), principles=signed, text=text)
 
 
-def derive_rng(seed: int, *keys: object) -> random.Random:
-    """A generator that depends only on the seed and the keys (stable across processes, unlike hash())."""
-    digest = hashlib.sha256(repr((seed, *keys)).encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
-
-
 def max_distinct(num_principles: int, mode: SamplingMode) -> int:
     if mode == "all_or_none":
         return 2
@@ -173,6 +168,24 @@ def sample_constitutions(principles: Sequence[Principle], n: int, *, seed: int, 
 
 def relevant_principles(principles: Iterable[Principle], category: str | None) -> list[Principle]:
     return [p for p in principles if p.relevant_for(category)]
+
+
+def constitutions_per_query(queries: Iterable, principles: Sequence[Principle], options: object, n: int, *,
+                            seed: int, tag: object) -> list[tuple[object, list[Constitution]]]:
+    """(query, its N constitutions) for every query that has a relevant principle.
+
+    `options` carries the constitutions config (mode, first_all_positive, shuffle, phrasing, filter_by_category);
+    the constitutions depend only on (seed, tag, query id), so the same query gets the same ones on every resume.
+    """
+    out = []
+    for q in queries:
+        ps = relevant_principles(principles, q.category) if options.filter_by_category else list(principles)
+        if not ps:
+            continue
+        out.append((q, sample_constitutions(ps, n, seed=seed, key=(tag, q.id), mode=options.mode,
+                                            first_all_positive=options.first_all_positive, shuffle=options.shuffle,
+                                            phrasing=options.phrasing)))
+    return out
 
 
 def all_sign_patterns(names: Sequence[str]) -> list[dict[str, bool]]:

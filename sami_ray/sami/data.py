@@ -209,6 +209,13 @@ class ResponseFilter:
     drop_identical: bool = True
     drop_truncated: bool = False  # sampler marks responses that hit max_tokens
 
+    @classmethod
+    def from_config(cls, cfg: object) -> ResponseFilter:
+        """From the sampler's filter config (anything with this class's field names)."""
+        names = ("min_chars", "max_chars", "require_terminal_punctuation", "drop_identical", "drop_truncated")
+        return cls(**{n: getattr(cfg, n) for n in names if hasattr(cfg, n)},
+                   forbidden_substrings=tuple(getattr(cfg, "forbidden_substrings", ())))
+
     def reason(self, response: str, truncated: bool = False) -> str | None:
         text = response.strip()
         if len(text) < max(self.min_chars, 1):

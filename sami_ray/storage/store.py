@@ -9,11 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import shutil
-import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from fnmatch import fnmatchcase
@@ -22,6 +18,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from ..atomic import atomic_folder
 from ..errors import CorruptStageError, StoreError
 from .keys import Location, join, natural_key, norm_key
 from .local import LocalBackend, StoreNotFound
@@ -30,8 +27,6 @@ from .s3 import S3Settings, open_s3
 
 log = logging.getLogger("sami_ray.storage")
 
-CONFIG_NAME = "config.yaml"  # a run's folder holds its resolved config
-TRAIN_CHECKPOINTS = "iter-*/train"  # Ray Train's bulky per-iteration checkpoints
 Progress = Callable[[str, int], None]  # (relative file path, bytes just moved)
 
 
@@ -225,10 +220,8 @@ class CheckpointStore:
         if manifest is None:
             raise StoreError(f"{self.url(stage)}: not committed (no {MANIFEST_NAME})")
         dest = Path(local_dir).absolute()
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.part-", dir=dest.parent))
         t0 = time.perf_counter()
-        try:
+        with atomic_folder(dest) as tmp:  # verified files only; on a failure it is removed and dest left as it was
             def download(path: str, size: int, sha: str) -> Callable[[], None]:
                 def run() -> None:
                     if not _safe_rel(path):  # a manifest must not write outside the folder
@@ -250,56 +243,27 @@ class CheckpointStore:
 
             _run_parallel(self._b.file_concurrency,
                           [download(f.path, f.size, f.sha256) for f in manifest.files])
-            if dest.is_dir():
-                old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
-                os.replace(dest, old)
-                os.replace(tmp, dest)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         log.info("fetched %s: %d files, %.1f MB in %.1f s", self.url(stage), len(manifest.files),
                  manifest.total_bytes / 1e6, time.perf_counter() - t0)
         return dest
 
     # ------------------------------------------------------------ runs
 
-    def list_runs(self) -> list[str]:
-        """Folders directly under this store that hold a run (its config or any committed stage)."""
-        runs = []
-        for name in self._b.list_dirs(""):
-            if name.startswith("."):
-                continue
-            if self._b.exists(join(name, CONFIG_NAME)) or self.committed_stages(name):
-                runs.append(name)
-        return sorted(runs, key=natural_key)
+    def list_dirs(self, rel_prefix: str = "") -> list[str]:
+        """The names of the folders directly under `rel_prefix`."""
+        return self._b.list_dirs(norm_key(rel_prefix))
 
-    def committed_stages(self, run_rel: str = ".") -> list[str]:
-        """Stages of a run (relative to the run) that have a manifest, e.g. ["iter-0001/model", "principles"]."""
-        run = norm_key(run_rel)
+    def committed_stages(self, rel_prefix: str = ".") -> list[str]:
+        """Stages (folders with a manifest) under `rel_prefix`, relative to it, in natural order."""
+        base = norm_key(rel_prefix)
         suffix = "/" + MANIFEST_NAME
-        strip = len(run) + 1 if run else 0
-        stages = [k[strip:-len(suffix)] for k in self._b.list(run) if k.endswith(suffix)]
+        strip = len(base) + 1 if base else 0
+        stages = [k[strip:-len(suffix)] for k in self._b.list(base) if k.endswith(suffix)]
         return sorted(stages, key=natural_key)
 
-    def latest_committed(self, run_rel: str = ".", stage_name: str = "model") -> str | None:
-        """The committed `iter-NNNN/<stage_name>` with the highest iteration, e.g. "iter-0002/model"."""
-        pattern = re.compile(rf"iter-(\d+)/{re.escape(stage_name)}")
-        best: tuple[int, str] | None = None
-        for stage in self.committed_stages(run_rel):
-            m = pattern.fullmatch(stage)
-            if m and (best is None or int(m.group(1)) > best[0]):
-                best = (int(m.group(1)), stage)
-        return best[1] if best else None
-
-    def prune(self, run_rel: str = ".", keep_last: int | None = None, pattern: str = TRAIN_CHECKPOINTS) -> list[str]:
-        """Keep the last K folders of the run matching `pattern` (path components, shell-style, natural order).
-
-        Returns the deleted folders relative to the run. By default: all but the last K iterations' Ray Train
-        checkpoints (K = storage.keep_last_checkpoints).
-        """
+    def prune(self, run_rel: str, pattern: str, keep_last: int | None = None) -> list[str]:
+        """Keep the last K folders under `run_rel` matching `pattern` (path components, shell-style, natural
+        order); returns the deleted folders relative to `run_rel`. K defaults to storage.keep_last_checkpoints."""
         keep = self._keep_last if keep_last is None else keep_last
         if keep < 1:
             raise StoreError(f"{self.uri}: keep_last must be at least 1, not {keep}")

@@ -7,13 +7,12 @@ of models whose in-memory layout differs, like Mixtral's fused experts). The fol
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..atomic import atomic_folder
 
 
 def gather_state_dict(model: nn.Module, rank: int) -> dict[str, torch.Tensor]:
@@ -42,7 +41,6 @@ def write_hf_folder(state: dict[str, torch.Tensor], init_model_path: str, out_di
 
     unset_hf_deepspeed_config()  # otherwise building a model here is a collective that only rank 0 joins
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
     config = AutoConfig.from_pretrained(init_model_path)
     with no_init_weights():  # the weights are about to be replaced: skip random initialisation
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -52,14 +50,7 @@ def write_hf_folder(state: dict[str, torch.Tensor], init_model_path: str, out_di
         raise RuntimeError(f"exported state does not fit the model: missing {sorted(set(missing) - tied)}, "
                            f"unexpected {sorted(unexpected)}")
     model.tie_weights()
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         AutoTokenizer.from_pretrained(init_model_path).save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

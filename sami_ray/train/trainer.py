@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_folder
 from ..config import RoleResources, TrainerConfig
 from ..errors import DataError, UserError
 from ..sami.data import load_examples
@@ -115,17 +115,15 @@ def train(examples_path: str, init_model_path: str, ref_model_path: str | None, 
         raise RuntimeError("training finished without reporting the exported model")
     out = Path(output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    try:
-        fetched = Path(result.checkpoint.to_directory(str(tmp / "ckpt")))
+    # The checkpoint is fetched beside `out` (one file system), so its model's files move into place by renames.
+    with tempfile.TemporaryDirectory(prefix=out.name + ".", dir=out.parent, ignore_cleanup_errors=True) as scratch:
+        fetched = Path(result.checkpoint.to_directory(str(Path(scratch) / "ckpt")))
         if not ckpt.is_export(fetched):
             raise RuntimeError(f"the last checkpoint {result.checkpoint.path} is not an exported model")
         exported = json.loads((fetched / ckpt.EXPORT_MARKER).read_text())
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(fetched / "model", out)  # the folder appears whole or not at all
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_folder(out) as tmp:  # the folder appears whole or not at all
+            for entry in (fetched / "model").iterdir():
+                os.replace(entry, tmp / entry.name)
     last = next((m for m in reversed(metrics) if "loss" in m), {})
     summary = {**exported, "wall_s": wall, "reports": len(metrics),
                **{k: last[k] for k in ("loss", "mi_bound", "row_accuracy", "col_accuracy", "kl") if k in last}}

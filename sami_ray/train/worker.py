@@ -1,7 +1,8 @@
 """The per-worker training loop that Ray Train runs on every rank: DeepSpeed ZeRO-3 over Ray's process group.
 
 Order matters: process settings before DeepSpeed is imported (it reads its timeout at import), the partitioned-load
-context before `from_pretrained`, MoE blocks marked as ZeRO-3 leaves before `deepspeed.initialize`.
+context before `from_pretrained`, MoE blocks marked as ZeRO-3 leaves before `deepspeed.initialize`, and the HF
+DeepSpeed config unset once the engines are initialised (so that building the export model is no collective).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +67,11 @@ def _moe_block_classes(model: Any) -> list[type]:
 
 def _load_model(path: str, ds_config: dict, cfg: Any, *, trainable: bool):
     """A causal LM; under ZeRO-3 loaded straight into partitions (no rank ever holds the whole model)."""
-    import torch
     from deepspeed.utils import set_z3_leaf_modules
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
 
-    dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+    dtype = _torch_dtype(cfg)
     hf_ds = HfDeepSpeedConfig(ds_config) if cfg.zero_stage == 3 else None  # noqa: F841 - must live while loading
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     model.config.use_cache = False
@@ -99,8 +100,66 @@ def _all_reduce_mean(values: list[float], world_size: int) -> list[float]:
     return t.tolist()
 
 
+@dataclass
+class _Worker:
+    """What every step of this rank's loop needs: the settings, its place in the group, the data and the engines."""
+
+    cfg: Any  # TrainerConfig
+    rank: int
+    world: int
+    seed: int
+    sink: Any  # the driver's metrics actor, or None
+    init_path: str
+    ref_path: str | None
+    pad_id: int
+    examples: list[Any]  # TokenizedExample
+    steps: int
+    engine: Any = None
+    ref_engine: Any = None  # only with a reference model and beta > 0
+    partition_numel: list[int] = field(default_factory=list)
+    param_numel: int = 0
+    start_step: int = 0
+
+
+@dataclass
+class _Progress:
+    """The loop's running state: steps done, the stats since the last report, recent MI bounds, early stop."""
+
+    step: int
+    window: list[dict[str, float]] = field(default_factory=list)
+    recent_mi: list[float] = field(default_factory=list)
+    early_stopped: bool = False
+
+    def record(self, stats: dict[str, float], keep: int) -> None:
+        """Add a finished step's stats to the report window and to the last `keep` MI bounds."""
+        self.window.append(stats)
+        self.recent_mi = (self.recent_mi + [stats["mi_bound"]])[-keep:]
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train's `train_loop_per_worker`. `config` comes from `trainer.train` (plain data only)."""
+    import ray.train
+
+    w = _setup(config)
+    restored = ray.train.get_checkpoint()
+    if restored is not None and _is_exported(restored):
+        return  # a restart after the model was exported: nothing left to do
+    _build_engines(w)
+    w.start_step = _restore(w.engine, restored)
+    progress = _Progress(step=w.start_step)
+    while progress.step < w.steps:
+        stats = _train_step(w, progress.step)
+        progress.step += 1
+        progress.record(stats, w.cfg.report_every)
+        faults.maybe_exit(w.rank, progress.step)
+        _maybe_report(w, progress)
+        if progress.early_stopped:
+            break
+    _export(w, progress)
+
+
+def _setup(config: dict[str, Any]) -> _Worker:
+    """Process settings, then DeepSpeed's process group, the seed and the tokenized examples."""
     import ray.train
 
     from ..config import TrainerConfig
@@ -109,145 +168,199 @@ def train_loop(config: dict[str, Any]) -> None:
     use_gpu = bool(config["use_gpu"])
     _process_settings(cfg, config["num_cpus"], use_gpu)
 
-    import deepspeed
+    import deepspeed  # only now: it reads its collective timeout at import
     import torch
-    from transformers import AutoTokenizer
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-    from ..sami.data import SamiExample, tokenize_example
-    from .ds_config import build_ds_config, inference_ds_config
-    from .export import gather_state_dict, write_hf_folder
-    from .optim import build_optimizer, scheduler_factory
-    from .step import PairScorer, sami_objective
 
     _skip_shm_op()
     deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    sink = config.get("metrics_sink")
     torch.manual_seed(config["seed"])
-
     init_path = config["init_model_path"]
-    tokenizer = AutoTokenizer.from_pretrained(init_path)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
-    examples = [tokenize_example(tokenizer, SamiExample.from_dict(row)) for row in config["examples"]]
+    pad_id, examples = _tokenize(init_path, config["examples"])
     steps = total_steps(len(examples), epochs=cfg.epochs, max_steps=cfg.max_steps,
                         micro_batch=cfg.micro_batch_queries, grad_accum=cfg.grad_accum, world_size=world)
+    return _Worker(cfg=cfg, rank=rank, world=world, seed=config["seed"], sink=config.get("metrics_sink"),
+                   init_path=init_path, ref_path=config.get("ref_model_path"), pad_id=pad_id, examples=examples,
+                   steps=steps)
 
-    restored = ray.train.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as folder:
-            if ckpt.is_export(folder):  # a restart after the model was exported: nothing left to do
-                return
 
-    ds_config = build_ds_config(cfg, world_size=world, num_params=_count_parameters(init_path))
-    model = _load_model(init_path, ds_config, cfg, trainable=True)
-    scorer = PairScorer(model, cfg.step_impl, cfg.logprob_chunk_size, pad_id,
+def _tokenize(init_path: str, rows: list[dict[str, Any]]) -> tuple[int, list[Any]]:
+    """The init model's padding id and the examples tokenized with its tokenizer."""
+    from transformers import AutoTokenizer
+
+    from ..sami.data import SamiExample, tokenize_example
+
+    tokenizer = AutoTokenizer.from_pretrained(init_path)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+    return pad_id, [tokenize_example(tokenizer, SamiExample.from_dict(row)) for row in rows]
+
+
+def _is_exported(restored: Any) -> bool:
+    """Whether the checkpoint Ray Train restarts the group from is already the exported model."""
+    with restored.as_directory() as folder:
+        return ckpt.is_export(folder)
+
+
+def _build_engines(w: _Worker) -> None:
+    """Fill in the trained engine (and the reference one), each loaded straight into its ZeRO-3 partitions."""
+    import deepspeed
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    from .ds_config import build_ds_config
+    from .optim import build_optimizer, scheduler_factory
+    from .step import PairScorer
+
+    cfg = w.cfg
+    ds_config = build_ds_config(cfg, world_size=w.world, num_params=_count_parameters(w.init_path))
+    model = _load_model(w.init_path, ds_config, cfg, trainable=True)
+    scorer = PairScorer(model, cfg.step_impl, cfg.logprob_chunk_size, w.pad_id,
                         router_logits=cfg.router_aux_coef > 0)
-    ref_engine = None
-    if config.get("ref_model_path") and cfg.beta > 0:
-        ref_cfg = inference_ds_config(ds_config)
-        ref = _load_model(config["ref_model_path"], ref_cfg, cfg, trainable=False)
-        ref_scorer = PairScorer(ref, cfg.step_impl, cfg.logprob_chunk_size, pad_id)
-        if cfg.zero_stage == 3:
-            ref_scorer.register_for_zero3()
-        ref_engine, *_ = deepspeed.initialize(model=ref_scorer, config=ref_cfg)
-        ref_engine.eval()
+    if w.ref_path and cfg.beta > 0:
+        w.ref_engine = _build_ref_engine(w, ds_config)
     if cfg.zero_stage == 3:
         scorer.register_for_zero3()
     optimizer = build_optimizer(scorer.parameters(), cfg)
-    engine, _, _, scheduler = deepspeed.initialize(model=scorer, optimizer=optimizer, config=ds_config,
-                                                   lr_scheduler=scheduler_factory(cfg, steps))
+    w.engine, *_ = deepspeed.initialize(model=scorer, optimizer=optimizer, config=ds_config,
+                                        lr_scheduler=scheduler_factory(cfg, w.steps))
     unset_hf_deepspeed_config()  # loading is done; later model building (export) must not be a collective
-    partition_numel, param_numel = _partition_sizes(engine.module.model, world)
+    w.partition_numel, w.param_numel = _partition_sizes(w.engine.module.model, w.world)
 
-    start_step = 0
-    if restored is not None:
-        with restored.as_directory() as folder:
-            start_step = int(ckpt.restore(engine, folder)["step"])
 
-    window: list[dict[str, float]] = []
-    recent_mi: list[float] = []
-    early_stopped = False
-    step = start_step
-    while step < steps:
-        t0 = time.perf_counter()
-        sums = dict.fromkeys(STAT_KEYS, 0.0)
-        tokens = 0.0
-        n = 2
-        lr = float(engine.get_lr()[0])
-        for accum in range(cfg.grad_accum):
-            idx = micro_batch_indices(step, accum, rank, num_examples=len(examples),
-                                      micro_batch=cfg.micro_batch_queries, grad_accum=cfg.grad_accum,
-                                      world_size=world, seed=config["seed"])
-            batch = [examples[i] for i in idx]
-            ref_scores = None
-            if ref_engine is not None:
-                with torch.no_grad():
-                    ref_scores = ref_engine(batch)
-            out = sami_objective(engine(batch), ref_scores, batch_size=len(batch), n=batch[0].n,
-                                 normalization=cfg.logprob_normalization, beta=cfg.beta,
-                                 router_aux_coef=cfg.router_aux_coef)
-            engine.backward(out.loss)
-            engine.step()
-            n = out.n
-            for key, value in (("loss", float(out.loss.detach())), ("sami_loss", out.sami_loss), ("kl", out.kl),
-                               ("aux_loss", out.aux_loss), ("row_accuracy", out.row_accuracy),
-                               ("col_accuracy", out.col_accuracy)):
-                sums[key] += value / cfg.grad_accum
-            tokens += out.input_tokens
-        step += 1
-        elapsed = time.perf_counter() - t0
-        reduced = _all_reduce_mean([sums[k] for k in STAT_KEYS] + [tokens], world)
-        stats = dict(zip(STAT_KEYS, reduced[:-1], strict=True))
-        grad_norm = engine.get_global_grad_norm()
-        stats.update(mi_bound=math.log(n) - stats["sami_loss"], tokens_per_s=reduced[-1] * world / elapsed,
-                     step_time_s=elapsed, lr=lr, grad_norm=float(grad_norm) if grad_norm is not None else float("nan"))
-        window.append(stats)
-        recent_mi = (recent_mi + [stats["mi_bound"]])[-cfg.report_every:]
-        faults.maybe_exit(rank, step)
+def _build_ref_engine(w: _Worker, ds_config: dict) -> Any:
+    """The frozen reference model as an inference-only engine, for the KL term."""
+    import deepspeed
 
-        if cfg.early_stop_mi_bound is not None and len(recent_mi) == cfg.report_every \
-                and sum(recent_mi) / len(recent_mi) > cfg.early_stop_mi_bound:
-            early_stopped = True  # every rank sees the same all-reduced values, so all stop together
-        last = step == steps or early_stopped
-        save_now = step % cfg.checkpoint_every == 0 and not last
-        if step % cfg.report_every == 0 or save_now or last:
-            metrics = _window_metrics(window, step, epoch_at(step, num_examples=len(examples),
-                                                             micro_batch=cfg.micro_batch_queries,
-                                                             grad_accum=cfg.grad_accum, world_size=world))
-            metrics["early_stopped"] = early_stopped
-            folder = ckpt.save(engine, {"step": step}, rank) if save_now else None
-            try:
-                checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
-                ray.train.report(metrics, checkpoint=checkpoint)
-            finally:
-                if folder:
-                    shutil.rmtree(folder, ignore_errors=True)
-            if rank == 0 and sink is not None:
-                ray.get(sink.add.remote(metrics))
-            window = []
-        if early_stopped:
-            break
+    from .ds_config import inference_ds_config
+    from .step import PairScorer
 
-    probe = _probe_matrix(engine, examples[0], cfg.logprob_normalization)
-    dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
-    state = gather_state_dict(engine.module.model, rank)
-    folder = None
-    if rank == 0:
-        folder = Path(tempfile.mkdtemp(prefix="sami-export-"))
-        write_hf_folder(state, init_path, folder / "model", dtype)
-        summary = {"steps": step, "total_steps": steps, "early_stopped": early_stopped, "resumed_from": start_step,
-                   "partition_numel": partition_numel, "param_numel": param_numel, "probe_matrix": probe}
+    ref_cfg = inference_ds_config(ds_config)
+    ref = _load_model(w.ref_path, ref_cfg, w.cfg, trainable=False)  # type: ignore[arg-type]
+    ref_scorer = PairScorer(ref, w.cfg.step_impl, w.cfg.logprob_chunk_size, w.pad_id)
+    if w.cfg.zero_stage == 3:
+        ref_scorer.register_for_zero3()
+    ref_engine, *_ = deepspeed.initialize(model=ref_scorer, config=ref_cfg)
+    ref_engine.eval()
+    return ref_engine
 
-        (folder / ckpt.EXPORT_MARKER).write_text(json.dumps(summary))
-    del state
+
+def _restore(engine: Any, restored: Any) -> int:
+    """The step to start from: 0, or the one saved with the checkpoint a restarted group resumes from."""
+    if restored is None:
+        return 0
+    with restored.as_directory() as folder:
+        return int(ckpt.restore(engine, folder)["step"])
+
+
+def _train_step(w: _Worker, step: int) -> dict[str, float]:
+    """One optimizer step over grad_accum micro-batches; its statistics, averaged over all ranks."""
+    t0 = time.perf_counter()
+    sums = dict.fromkeys(STAT_KEYS, 0.0)
+    tokens = 0.0
+    n = 2
+    lr = float(w.engine.get_lr()[0])
+    for accum in range(w.cfg.grad_accum):
+        out = _micro_step(w, step, accum)
+        n = out.n
+        for key, value in (("loss", float(out.loss.detach())), ("sami_loss", out.sami_loss), ("kl", out.kl),
+                           ("aux_loss", out.aux_loss), ("row_accuracy", out.row_accuracy),
+                           ("col_accuracy", out.col_accuracy)):
+            sums[key] += value / w.cfg.grad_accum
+        tokens += out.input_tokens
+    elapsed = time.perf_counter() - t0
+    reduced = _all_reduce_mean([sums[k] for k in STAT_KEYS] + [tokens], w.world)
+    stats = dict(zip(STAT_KEYS, reduced[:-1], strict=True))
+    grad_norm = w.engine.get_global_grad_norm()
+    stats.update(mi_bound=math.log(n) - stats["sami_loss"], tokens_per_s=reduced[-1] * w.world / elapsed,
+                 step_time_s=elapsed, lr=lr, grad_norm=float(grad_norm) if grad_norm is not None else float("nan"))
+    return stats
+
+
+def _micro_step(w: _Worker, step: int, accum: int) -> Any:
+    """Forward and backward over this rank's share of one micro-batch (DeepSpeed steps on the last)."""
+    import torch
+
+    from .step import sami_objective
+
+    idx = micro_batch_indices(step, accum, w.rank, num_examples=len(w.examples),
+                              micro_batch=w.cfg.micro_batch_queries, grad_accum=w.cfg.grad_accum,
+                              world_size=w.world, seed=w.seed)
+    batch = [w.examples[i] for i in idx]
+    ref_scores = None
+    if w.ref_engine is not None:
+        with torch.no_grad():
+            ref_scores = w.ref_engine(batch)
+    out = sami_objective(w.engine(batch), ref_scores, batch_size=len(batch), n=batch[0].n,
+                         normalization=w.cfg.logprob_normalization, beta=w.cfg.beta,
+                         router_aux_coef=w.cfg.router_aux_coef)
+    w.engine.backward(out.loss)
+    w.engine.step()
+    return out
+
+
+def _maybe_report(w: _Worker, p: _Progress) -> None:
+    """Decide early stop; report the window (with a checkpoint every checkpoint_every steps) when one is due."""
+    import ray
+
+    cfg = w.cfg
+    if cfg.early_stop_mi_bound is not None and len(p.recent_mi) == cfg.report_every \
+            and sum(p.recent_mi) / len(p.recent_mi) > cfg.early_stop_mi_bound:
+        p.early_stopped = True  # every rank sees the same all-reduced values, so all stop together
+    last = p.step == w.steps or p.early_stopped
+    save_now = p.step % cfg.checkpoint_every == 0 and not last
+    if not (p.step % cfg.report_every == 0 or save_now or last):
+        return
+    metrics = _window_metrics(p.window, p.step, epoch_at(p.step, num_examples=len(w.examples),
+                                                         micro_batch=cfg.micro_batch_queries,
+                                                         grad_accum=cfg.grad_accum, world_size=w.world))
+    metrics["early_stopped"] = p.early_stopped
+    _report(metrics, ckpt.save(w.engine, {"step": p.step}, w.rank) if save_now else None)
+    if w.rank == 0 and w.sink is not None:
+        ray.get(w.sink.add.remote(metrics))
+    p.window = []
+
+
+def _report(metrics: dict[str, Any], folder: str | None) -> None:
+    """Report to Ray Train with `folder` (if any) as the checkpoint; the folder goes once Ray has taken it."""
+    import ray.train
+
     try:
-        ray.train.report({"step": step, "exported": True},
-                         checkpoint=ray.train.Checkpoint.from_directory(str(folder)) if folder else None)
+        checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
+        ray.train.report(metrics, checkpoint=checkpoint)
     finally:
         if folder:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _export(w: _Worker, p: _Progress) -> None:
+    """Gather the trained weights (all ranks take part); report them, written by rank 0, as the last checkpoint."""
+    from .export import gather_state_dict
+
+    probe = _probe_matrix(w.engine, w.examples[0], w.cfg.logprob_normalization)
+    state = gather_state_dict(w.engine.module.model, w.rank)
+    folder = _write_export(w, p, state, probe) if w.rank == 0 else None
+    del state
+    _report({"step": p.step, "exported": True}, folder)
+
+
+def _write_export(w: _Worker, p: _Progress, state: dict[str, Any], probe: list[list[float]]) -> str:
+    """Rank 0: a temp folder holding the HF model under model/ and the export marker with the run's summary."""
+    from .export import write_hf_folder
+
+    folder = Path(tempfile.mkdtemp(prefix="sami-export-"))
+    write_hf_folder(state, w.init_path, folder / "model", _torch_dtype(w.cfg))
+    summary = {"steps": p.step, "total_steps": w.steps, "early_stopped": p.early_stopped,
+               "resumed_from": w.start_step, "partition_numel": w.partition_numel, "param_numel": w.param_numel,
+               "probe_matrix": probe}
+    (folder / ckpt.EXPORT_MARKER).write_text(json.dumps(summary))
+    return str(folder)
+
+
+def _torch_dtype(cfg: Any) -> Any:
+    """The torch dtype of `trainer.dtype`."""
+    import torch
+
+    return torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
 
 
 def _partition_sizes(model: Any, world_size: int) -> tuple[list[int], int]:

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from sami_ray.testing import tiny_model, tiny_run_config, write_tiny_queries
+from tests.support.tiny_models import tiny_model, tiny_run_config, write_tiny_queries
 
 from .helpers import run_cli
 

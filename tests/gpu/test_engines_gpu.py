@@ -9,7 +9,7 @@ import pytest
 
 from sami_ray.config import EngineOptions, RoleResources, SamplerConfig
 from sami_ray.engines import SamplingSpec, make_engine
-from sami_ray.testing import max_score_diff, tiny_model
+from tests.support.tiny_models import max_score_diff, tiny_model
 
 pytestmark = pytest.mark.gpu
 

@@ -8,7 +8,8 @@ import pytest
 
 from sami_ray.config import EngineOptions
 from sami_ray.engines import SamplingSpec, make_engine
-from sami_ray.testing import max_score_diff, tiny_model
+from sami_ray.sami.seeds import derive_seed
+from tests.support.tiny_models import max_score_diff, tiny_model
 
 FP32 = EngineOptions(dtype="float32", kv_cache_gb=0.25)
 PROMPTS = ["How do I bake bread?", "How can I fix a bike tire?", "How do I save money?"]
@@ -39,7 +40,7 @@ def test_generate_n_with_seeds(backend, vllm_engine, hf_engine):
     assert len({g.text for g in first[0]}) > 1, "n samples of one prompt should differ at temperature 1"
     assert engine.generate(PROMPTS, spec) == first, "same seeds, same answers"
     # A prompt's answer depends on its own seed only, not on its place in the batch.
-    alone = engine.generate([PROMPTS[2]], spec, seeds=[spec.seed + 2])
+    alone = engine.generate([PROMPTS[2]], spec, seeds=[derive_seed(spec.seed, 2)])
     assert alone[0] == first[2]
     other = engine.generate(PROMPTS, SamplingSpec(n=3, temperature=1.0, top_p=1.0, max_tokens=10, seed=8))
     assert other != first

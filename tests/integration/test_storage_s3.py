@@ -1,5 +1,4 @@
 """CheckpointStore against a real S3 HTTP endpoint (moto server on 127.0.0.1): multipart, faults, corruption, Ray."""
-# ruff: noqa: F811  (pytest fixtures imported from sami_ray.testing_s3 are parameters by design)
 
 from __future__ import annotations
 
@@ -13,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from sami_ray.errors import StoreError
-from sami_ray.storage import MANIFEST_NAME, CheckpointStore, StoreNotFound
-from sami_ray.testing_s3 import SECRET_KEY, free_port, moto_process, s3_server  # noqa: F401
+from sami_ray.storage import MANIFEST_NAME, CheckpointStore, RunStore, StoreNotFound, list_runs
+from tests.support.s3 import SECRET_KEY, free_port
 
 MB = 1024 * 1024
 
@@ -53,9 +52,9 @@ def test_objects_and_stages_round_trip(store, s3_server, bucket, tmp_path):
     run.commit_stage("iter-0001/model", src, meta={"k": 1})
     with pytest.raises(StoreError, match="already committed"):
         run.commit_stage("iter-0001/model", src)
-    assert store.list_runs() == ["run-1"]
+    assert list_runs(store) == ["run-1"]
     assert store.committed_stages("run-1") == ["iter-0001/model"]
-    assert run.latest_committed() == "iter-0001/model"
+    assert RunStore(run, cache_dir=tmp_path / "cache").latest_model() == (1, "iter-0001/model")
     out = run.fetch_stage("iter-0001/model", tmp_path / "dl")
     assert (out / "sub/b.bin").read_bytes() == (src / "sub/b.bin").read_bytes()
     # The objects sit under the prefix on the endpoint, manifest included.
@@ -173,9 +172,10 @@ def test_prune_on_s3(store, tmp_path):
     for k in (1, 2, 3):
         run.put_bytes(f"iter-{k:04d}/train/checkpoint_0/x.pt", b"x")
         run.commit_stage(f"iter-{k:04d}/model", _folder(tmp_path / f"m{k}", {"w": b"w"}))
-    assert run.prune(".", keep_last=1) == ["iter-0001/train", "iter-0002/train"]
+    runs = RunStore(run, cache_dir=tmp_path / "cache")
+    assert runs.prune_train_checkpoints(keep_last=1) == ["iter-0001/train", "iter-0002/train"]
     assert [k for k in run.list() if "/train/" in k] == ["iter-0003/train/checkpoint_0/x.pt"]
-    assert run.latest_committed() == "iter-0003/model"
+    assert runs.latest_model() == (3, "iter-0003/model")
 
 
 def test_transient_outage_is_retried(moto_process, tmp_path):
@@ -219,7 +219,7 @@ def test_server_frozen_mid_multipart_upload_leaves_nothing_committed(moto_proces
     # Nothing half-written counts as committed; the previous iteration is still the latest.
     assert not run.is_committed("iter-0002/model")
     assert run.committed_stages() == ["iter-0001/model"]
-    assert run.latest_committed() == "iter-0001/model"
+    assert RunStore(run, cache_dir=tmp_path / "cache").latest_model() == (1, "iter-0001/model")
     assert not ep.client().list_objects_v2(Bucket=bucket, Prefix=f"runs/r/iter-0002/model/{MANIFEST_NAME}").get(
         "Contents")
     run.abort_partial_uploads()
@@ -227,7 +227,7 @@ def test_server_frozen_mid_multipart_upload_leaves_nothing_committed(moto_proces
 
     # The same stage retried commits, and downloads verified.
     run.commit_stage("iter-0002/model", src)
-    assert run.latest_committed() == "iter-0002/model"
+    assert RunStore(run, cache_dir=tmp_path / "cache").latest_model() == (2, "iter-0002/model")
     out = run.fetch_stage("iter-0002/model", tmp_path / "dl")
     assert _sha(out / "w.bin") == _sha(src / "w.bin")
 
@@ -251,7 +251,7 @@ def test_server_killed_mid_upload_then_restarted(moto_process, tmp_path):
 
     moto_process.start()  # the same port; moto keeps no state across a restart, so the bucket is made again
     ep.client().create_bucket(Bucket=bucket)
-    assert not store.is_committed("r/iter-0001/samples") and store.list_runs() == []
+    assert not store.is_committed("r/iter-0001/samples") and list_runs(store) == []
     m = store.commit_stage("r/iter-0001/samples", src)  # the same store object, retried
     assert len(m.files) == 8 and store.committed_stages("r") == ["iter-0001/samples"]
     out = store.fetch_stage("r/iter-0001/samples", tmp_path / "dl")

@@ -20,9 +20,9 @@ from sami_ray.config import RoleResources, TrainerConfig
 from sami_ray.errors import DataError, UserError
 from sami_ray.sami.constitutions import Constitution
 from sami_ray.sami.data import Query, SamiExample, save_examples, tokenize_example
-from sami_ray.testing import tiny_model
 from sami_ray.train import TrainResult, train
 from sami_ray.train.step import PairScorer, sami_objective
+from tests.support.tiny_models import tiny_model
 
 pytestmark = pytest.mark.timeout(600)
 

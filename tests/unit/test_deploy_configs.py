@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sami_ray.cli.plan import Plan, plan_run
 from sami_ray.config import load_config
-from sami_ray.plan import Plan, plan_run
 
 REPO = Path(__file__).resolve().parents[2]
 JOBS = REPO / "jobs"

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from sami_ray.config import EvaluationConfig, JudgeConfig
+from sami_ray.engines.base import prompt_seeds
 from sami_ray.evaluate.mi_bound import mi_bound, score_matrices
 from sami_ray.evaluate.policy import Policy
 from sami_ray.evaluate.report import format_summary, plot_history, read_report, write_report
@@ -21,7 +22,8 @@ from sami_ray.evaluate.verifiable import get_principle
 from sami_ray.sami.constitutions import sample_constitutions
 from sami_ray.sami.data import Query, SamiExample, collate_pairs, tokenize_example
 from sami_ray.sami.loss import mi_lower_bound, sami_loss, sequence_logprobs, token_logprobs
-from sami_ray.testing import tiny_model
+from sami_ray.sami.sampling import Generation
+from tests.support.tiny_models import tiny_model
 
 
 class HFPolicy:
@@ -30,16 +32,18 @@ class HFPolicy:
     def __init__(self, model, tokenizer):
         self.model, self.tok = model.eval(), tokenizer
 
-    def generate(self, prompts, *, n, temperature, top_p, max_tokens, seed):
-        torch.manual_seed(seed)
+    def generate(self, prompts, spec, seeds=None):
         out = []
         with torch.no_grad():
-            for p in prompts:
+            for i, p in enumerate(prompts):
+                torch.manual_seed(prompt_seeds(spec, len(prompts), seeds)[i])
                 ids = self.tok(p, add_special_tokens=False, return_tensors="pt")
-                sample = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else {}
-                gen = self.model.generate(**ids, max_new_tokens=max_tokens, num_return_sequences=n,
+                sample = dict(do_sample=True, temperature=spec.temperature, top_p=spec.top_p) \
+                    if spec.temperature > 0 else {}
+                gen = self.model.generate(**ids, max_new_tokens=spec.max_tokens, num_return_sequences=spec.n,
                                           pad_token_id=self.tok.pad_token_id, **sample)
-                out.append([self.tok.decode(g[ids.input_ids.shape[1]:], skip_special_tokens=True) for g in gen])
+                out.append([Generation(self.tok.decode(g[ids.input_ids.shape[1]:], skip_special_tokens=True))
+                            for g in gen])
         return out
 
     def score(self, prompts, responses):
@@ -61,8 +65,8 @@ class ScriptedAnswers(HFPolicy):
         super().__init__(model, tokenizer)
         self.answer = answer  # (prompt) -> response
 
-    def generate(self, prompts, *, n, temperature, top_p, max_tokens, seed):
-        return [[self.answer(p)] * n for p in prompts]
+    def generate(self, prompts, spec, seeds=None):
+        return [[Generation(self.answer(p))] * spec.n for p in prompts]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sami_ray.errors import StoreError, UserError
-from sami_ray.storage import MANIFEST_NAME, CheckpointStore, StoreNotFound
+from sami_ray.storage import MANIFEST_NAME, CheckpointStore, RunStore, StoreNotFound, list_runs
 
 
 def _folder(root: Path, files: dict[str, bytes]) -> Path:
@@ -184,13 +184,12 @@ def test_runs_committed_stages_and_latest(store, tmp_path):
     store.child("run-b").commit_stage("principles", src)
     store.put_bytes("not-a-run/file", b"")
 
-    assert store.list_runs() == ["run-a", "run-b"]
+    assert list_runs(store) == ["run-a", "run-b"]
     assert store.committed_stages("run-a") == ["iter-0001/model", "iter-0001/samples", "iter-0002/model",
                                                "iter-0010/model", "principles"]
     assert run.committed_stages() == store.committed_stages("run-a")
-    assert store.latest_committed("run-a") == "iter-0010/model"
-    assert run.latest_committed(stage_name="samples") == "iter-0001/samples"
-    assert store.latest_committed("run-b") is None
+    assert RunStore(run, cache_dir=tmp_path / "cache").latest_model() == (10, "iter-0010/model")
+    assert RunStore(store.child("run-b"), cache_dir=tmp_path / "cache").latest_model() is None
 
 
 def test_prune_keeps_last_k_train_checkpoints(store, tmp_path):
@@ -199,16 +198,16 @@ def test_prune_keeps_last_k_train_checkpoints(store, tmp_path):
         for c in (1, 2):
             run.put_bytes(f"iter-{k:04d}/train/checkpoint_{c}/shard.pt", b"x")
         run.commit_stage(f"iter-{k:04d}/model", _folder(tmp_path / "m", {"w": b"w"}))
-    deleted = run.prune(".", keep_last=2)
+    deleted = RunStore(run, cache_dir=tmp_path / "cache").prune_train_checkpoints(keep_last=2)
     assert deleted == ["iter-0001/train", "iter-0002/train"]
     assert sorted({k.split("/")[0] for k in run.list() if "/train/" in k}) == ["iter-0003", "iter-0010"]
     assert len(run.committed_stages()) == 4  # the models are untouched
     # A finer pattern: the last checkpoint folder of the run across iterations.
-    assert run.prune(".", keep_last=1, pattern="iter-*/train/checkpoint_*") == [
+    assert run.prune(".", "iter-*/train/checkpoint_*", keep_last=1) == [
         "iter-0003/train/checkpoint_1", "iter-0003/train/checkpoint_2", "iter-0010/train/checkpoint_1"]
     assert [k for k in run.list() if "/train/" in k] == ["iter-0010/train/checkpoint_2/shard.pt"]
     with pytest.raises(StoreError):
-        run.prune(".", keep_last=0)
+        run.prune(".", "iter-*/train", keep_last=0)
 
 
 def test_temp_files_are_invisible_and_cleaned(store, tmp_path):

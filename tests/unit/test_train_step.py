@@ -13,8 +13,8 @@ import torch
 
 from sami_ray.sami.data import TokenizedExample
 from sami_ray.sami.loss import IGNORE_INDEX
-from sami_ray.testing import tiny_model
 from sami_ray.train.step import PairScorer, pack_shared_prefix, sami_objective, tree_attention_mask
+from tests.support.tiny_models import tiny_model
 
 RTOL, ATOL = 1e-5, 1e-6
 

@@ -9,7 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from sami_ray.actors.writer import (
+from sami_ray.config import EngineOptions
+from sami_ray.engines import make_engine
+from sami_ray.errors import UserError
+from sami_ray.evaluate.verifiable import get_principle
+from sami_ray.sami.constitutions import Principle
+from sami_ray.sami.seeds import derive_seed
+from sami_ray.sami.writer import (
     PrincipleWriterCore,
     WriterError,
     _quote,
@@ -18,11 +24,6 @@ from sami_ray.actors.writer import (
     slug,
     topic_stems,
 )
-from sami_ray.config import EngineOptions
-from sami_ray.engines import make_engine
-from sami_ray.errors import UserError
-from sami_ray.evaluate.verifiable import get_principle
-from sami_ray.sami.constitutions import Principle
 
 TASK = "Answer practical how-to questions from users."
 
@@ -71,6 +72,7 @@ def test_seeds_rephrased_names_kept(seeds):
     assert prompts[0].count("<|assistant|>") == 2  # the worked example is an earlier turn
     assert TASK in prompts[0] and prompts[0].endswith(seeds[0].text + "<|end|><|assistant|>Principle:")
     assert spec.n == 1 and spec.max_tokens > 0 and len(set(sampling_seeds)) == 2
+    assert sampling_seeds == [derive_seed(0, "writer", "rewrite", 0, i) for i in range(2)]
 
 
 def test_retry_only_the_failed_seed_with_another_sampling_seed(seeds):
@@ -226,7 +228,7 @@ class Recording:
 def test_real_tiny_model_falls_back_or_quotes_output(tmp_path, seeds):
     from transformers import AutoTokenizer
 
-    from sami_ray.testing import tiny_model
+    from tests.support.tiny_models import tiny_model
 
     path = tiny_model(tmp_path / "tiny")
     tok = AutoTokenizer.from_pretrained(path)
@@ -242,21 +244,3 @@ def test_real_tiny_model_falls_back_or_quotes_output(tmp_path, seeds):
     with pytest.raises(WriterError) as err:
         core.write(TASK, seeds, 2, retries=0, seed=1)
     assert _quote(engine.texts[0]) in str(err.value) and _quote(engine.texts[1]) in str(err.value)
-
-
-def test_pool_as_engine_keeps_order_and_gives_each_attempt_its_own_ids():
-    from sami_ray.actors.writer import PoolAsEngine
-    from sami_ray.engines.base import Generation, SamplingSpec
-
-    seen = []
-
-    class FakePool:
-        def sample(self, items, spec):
-            seen.append([i for i, _ in items])
-            return {i: [Generation(f"answer to {p}")] for i, p in items}
-
-    engine = PoolAsEngine(FakePool())
-    out = engine.generate(["a", "b"], SamplingSpec(), seeds=[7, 8])
-    assert [g[0].text for g in out] == ["answer to a", "answer to b"]
-    engine.generate(["a", "b"], SamplingSpec(), seeds=[9, 10])
-    assert seen[0] != seen[1], "another attempt must sample with other seeds (ids)"

@@ -12,8 +12,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .config import ModelSpec, RunConfig
-from .errors import UserError
+from ..config import ModelSpec, RunConfig
+from ..errors import UserError
 
 GIB = 1024 ** 3
 

@@ -1,6 +1,7 @@
 """Real S3 endpoints for tests: moto server subprocesses, one per session or one a test can kill or freeze.
 
-Import the fixtures into a test module with `from sami_ray.testing_s3 import s3_server, moto_process  # noqa: F401`.
+The fixtures `s3_server` and `moto_process` are registered for every test by `pytest_plugins` in tests/conftest.py;
+benchmarks import the classes (`from tests.support.s3 import MotoProcess`).
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
 from ray import serve
 
-from .config import EngineOptions, load_config
-from .errors import UserError
-from .sami.prompts import has_chat_template
+from ..config import EngineOptions, load_config
+from ..errors import UserError
+from ..sami.prompts import has_chat_template
 
 TOKEN_ENV = "SAMI_RAY_SERVE_TOKEN"
 
@@ -92,7 +92,7 @@ def _stops(stop: list[str] | str | None) -> list[str]:
 class CompletionServer:
     def __init__(self, model_path: str, backend: str, engine_options: dict, model_name: str,
                  token_sha256: str | None = None):
-        from .engines import make_engine
+        from ..engines import make_engine
 
         self.model_name = model_name
         self.token_digest = token_sha256
@@ -101,7 +101,7 @@ class CompletionServer:
         self.lock = threading.Lock()  # one engine, one request at a time inside it
 
     def _generate(self, prompts: list[str], req) -> list[list]:
-        from .engines.base import SamplingSpec
+        from ..engines.base import SamplingSpec
 
         spec = SamplingSpec(n=req.n, temperature=req.temperature, top_p=req.top_p, max_tokens=req.max_tokens,
                             stop=_stops(req.stop),
@@ -138,19 +138,19 @@ class CompletionServer:
 
 def resolve_checkpoint(checkpoint: str, storage_overrides: dict | None = None) -> tuple[Path, str]:
     """(local safetensors folder, a display name) for a folder, builtin:NAME or run URI."""
-    from .models import require_safetensors, resolve_model_path
-    from .storage import CheckpointStore
+    from ..models import require_safetensors, resolve_model_path
+    from ..storage import CheckpointStore
+    from ..storage.run import RunStore
 
     local = Path(checkpoint).expanduser()
     if checkpoint.startswith("builtin:") or (local / "config.json").exists():
         return resolve_model_path(checkpoint), local.name or checkpoint
-    store = CheckpointStore.open(checkpoint, **(storage_overrides or {}))
-    stage = store.latest_committed(".", "model") if hasattr(store, "latest_committed") else None
-    if not stage:
+    run = RunStore(CheckpointStore.open(checkpoint, **(storage_overrides or {})),
+                   cache_dir=tempfile.mkdtemp(prefix="sami-ray-serve-"))
+    latest = run.latest_model()
+    if latest is None:
         raise UserError(f"{checkpoint}: neither a model folder nor a run with a committed model")
-    dest = Path(tempfile.mkdtemp(prefix="sami-ray-serve-")) / "model"
-    store.fetch_stage(stage, dest)
-    return require_safetensors(dest), f"{Path(checkpoint.rstrip('/')).name}/{stage}"
+    return require_safetensors(run.require(latest[1])), f"{Path(checkpoint.rstrip('/')).name}/{latest[1]}"
 
 
 def build_app(checkpoint: str, config: str | None = None, overrides: list[str] | None = None,
@@ -168,7 +168,7 @@ def build_app(checkpoint: str, config: str | None = None, overrides: list[str] |
 
 def serve_checkpoint(checkpoint: str, config: str | None, overrides: list[str], *, host: str = "127.0.0.1",
                      port: int = 8000, replicas: int | None = None, blocking: bool = True) -> None:
-    from .runtime import ensure_ray
+    from ..runtime import ensure_ray
 
     cfg = load_config(config, overrides or []) if (config or overrides) else load_config(None)
     ensure_ray(cfg.resources)

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from .config import load_config
-from .errors import UserError
+from ..config import demo_config_path, load_config
+from ..errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="SAMI on Ray: write principles, sample, train with the SAMI loss, evaluate, iterate.")
@@ -50,13 +49,13 @@ def run(config: ConfigArg = None, overrides: Overrides = None,
         run_id: Annotated[str | None, typer.Option(help="name of the run folder (default: NAME-TIMESTAMP)")] = None,
         verbose: bool = False) -> None:
     """Start a new run (with no config: the embedded demo on this machine)."""
-    from .driver import Run
+    from ..driver import Run
     from .report import print_summary
 
     _setup_logging(verbose)
     path, rest = _split_config_and_overrides(config, overrides)
     if path is None and not rest:
-        path = str(default_demo_config())
+        path = str(demo_config_path())
     cfg = load_config(path, rest)
     r = Run.start(cfg, run_id=run_id, progress=_say)
     _say(f"run: {r.store.uri}")
@@ -67,7 +66,7 @@ def run(config: ConfigArg = None, overrides: Overrides = None,
 @app.command()
 def resume(run_uri: str, verbose: bool = False) -> None:
     """Continue a run from its last committed stage."""
-    from .driver import Run
+    from ..driver import Run
     from .report import print_summary
 
     _setup_logging(verbose)
@@ -93,14 +92,14 @@ def status(run_uri: str, as_json: Annotated[bool, typer.Option("--json")] = Fals
 @app.command()
 def principles(config: ConfigArg = None, overrides: Overrides = None, verbose: bool = False) -> None:
     """Write (with the configured writer) and show the principles of a config, without running."""
-    from .driver import Run
+    from ..driver import Run
 
     _setup_logging(verbose)
     path, rest = _split_config_and_overrides(config, overrides)
-    cfg = load_config(path or str(default_demo_config()), rest + ["storage.uri=" + _scratch_dir()])
+    cfg = load_config(path or str(demo_config_path()), rest + ["storage.uri=" + _scratch_dir()])
     r = Run.start(cfg, progress=_say)
     try:
-        pset = r.stage_principles()
+        pset = r.loop.principles()
     finally:
         r.shutdown()
     _say(f"source: {pset.source}")
@@ -115,7 +114,7 @@ def eval_cmd(target: Annotated[str, typer.Argument(help="a run URI (evaluates it
              config: Annotated[str | None, typer.Option(help="run config for a model folder")] = None,
              overrides: Overrides = None, verbose: bool = False) -> None:
     """Evaluate a checkpoint or the latest model of a run on held-out queries."""
-    from .evaluate_cli import evaluate_target
+    from .eval import evaluate_target
 
     _setup_logging(verbose)
     report = evaluate_target(target, config, list(overrides or []), progress=_say)
@@ -141,16 +140,10 @@ def plan(config: ConfigArg = None, overrides: Overrides = None,
     from .plan import plan_run
 
     path, rest = _split_config_and_overrides(config, overrides)
-    p = plan_run(load_config(path or str(default_demo_config()), rest))
+    p = plan_run(load_config(path or str(demo_config_path()), rest))
     print(json.dumps(p.to_dict(), indent=2) if as_json else p.table())
     if not p.fits:
         raise typer.Exit(1)
-
-
-def default_demo_config() -> Path:
-    from importlib.resources import files
-
-    return Path(str(files("sami_ray") / "data" / "demo.yaml"))
 
 
 def _scratch_dir() -> str:
@@ -168,8 +161,3 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted; continue with `sami-ray resume RUN_URI`", file=sys.stderr)
         sys.exit(130)
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main()

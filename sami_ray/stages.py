@@ -1,0 +1,273 @@
+"""The stage loop: a SAMI run as a walk over stages that are each read from, or committed to, the run store.
+
+```
+principles                      written once, reused by every iteration
+iter-0000/eval                  the base model, the baseline of every comparison
+iter-k/samples -> iter-k/model -> iter-k/eval   for k = 1..iterations
+```
+A walk skips every committed stage, so a killed run continues where it stopped and (with the same seed) ends with
+the same results as an uninterrupted one. A committed stage found corrupt where it is used is discarded and the
+walk starts again. The loop is handed the run store and the roles; it owns no resource itself, so it is
+unit-tested with in-memory fakes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import metrics
+from .config import RunConfig
+from .errors import UserError
+from .inputs import load_run_queries, seed_principles, split_queries
+from .models import require_safetensors
+from .progress import timer
+from .sami.constitutions import PrincipleSet, constitutions_per_query
+from .sami.data import Query, ResponseFilter, SamiExample, save_examples
+from .sami.sampling import SamplingSpec
+from .sami.seeds import derive_seed
+from .storage.run import RunStore, StageDiscarded, stage_key
+
+log = logging.getLogger("sami_ray.stages")
+
+
+@dataclass
+class RunSummary:
+    run_uri: str
+    principles: PrincipleSet
+    reports: list[dict] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    stopped_early: str | None = None
+    final_model: str | None = None
+
+
+def sampling_spec(sampler_cfg: Any, n: int = 1) -> SamplingSpec:
+    """The sampler config's settings as the one sampling shape (per-prompt seeds are passed beside it)."""
+    return SamplingSpec(n=n, temperature=sampler_cfg.temperature, top_p=sampler_cfg.top_p,
+                        max_tokens=sampler_cfg.max_tokens, stop=list(sampler_cfg.stop))
+
+
+class StageLoop:
+    """Walks the stages of one run. `roles` has the shape of `roles.Roles`; `say` prints progress lines."""
+
+    def __init__(self, cfg: RunConfig, store: RunStore, roles: Any, say: Callable[[str], None] | None = None,
+                 timings: dict[str, float] | None = None):
+        self.cfg, self.store, self.roles = cfg, store, roles
+        self.say = say or log.info
+        self.timings = timings if timings is not None else {}
+        self.timed = timer(self.timings, self.say, lambda name, dt: metrics.record(
+            "sami_stage_seconds", dt, store.run_id, stage=name))
+        store.on_discard = self._count_discard
+
+    def _count_discard(self, stage: str, err: Exception) -> None:
+        self.say(f"warning: {err}; discarding {stage} and computing it again")
+        metrics.record("sami_corrupt_stages", 1, self.store.run_id, stage=stage)
+
+    # ------------------------------------------------------------ models and queries
+
+    def model_folder(self, stage: str | None) -> Path:
+        """The base model (None) or a committed model stage as a verified local folder."""
+        if stage is None:
+            return self.roles.base_model()
+        folder = self.store.fetch(stage)
+        if folder is None:
+            self.roles.forget_policy_weights()  # the stage's folder will hold other weights once recomputed
+            raise StageDiscarded(stage, self.store.uri)
+        return require_safetensors(folder)
+
+    def policy(self, stage: str | None):
+        return self.roles.policy(self.model_folder(stage) if stage else None)
+
+    def queries(self) -> tuple[list[Query], list[Query]]:
+        qcfg = self.cfg.task.queries
+        return split_queries(load_run_queries(qcfg), qcfg.held_out, qcfg.shuffle_seed)
+
+    def iteration_queries(self, k: int, train: list[Query]) -> list[Query]:
+        """All training queries, or a window of `run.train_queries` that moves on each iteration."""
+        n = self.cfg.run.train_queries
+        if not n or n >= len(train):
+            return train
+        start = ((k - 1) * n) % len(train)
+        return (train + train)[start:start + n]
+
+    def _commit(self, stage: str, folder: Path, meta: dict | None = None) -> None:
+        moved = self.store.commit(stage, folder, meta)
+        metrics.record("sami_checkpoint_upload_bytes", moved["bytes"], self.store.run_id, stage=stage)
+        metrics.record("sami_checkpoint_upload_seconds", moved["seconds"], self.store.run_id, stage=stage)
+
+    # ------------------------------------------------------------ stages
+
+    def principles(self) -> PrincipleSet:
+        stored = self.store.principles()
+        if stored is not None:
+            return PrincipleSet.from_dict(stored)
+        metrics.set_stage(self.store.run_id, "principles", 0)
+        c = self.cfg.constitutions
+        seeds = seed_principles(c)
+        if self.cfg.models.writer is not None and c.write_with_writer:
+            pset = self.timed("principles", self.roles.write_principles, self.cfg.task.description, seeds,
+                              self.cfg.run.seed)
+        else:
+            pset = PrincipleSet(seeds, source="config")
+        self.store.commit_principles(pset.to_dict())
+        return pset
+
+    def sample_examples(self, k: int, model_stage: str | None, queries: list[Query],
+                        principles: PrincipleSet) -> tuple[list[SamiExample], dict]:
+        """Every query answered under each of its N constitutions; examples the filters refuse are dropped."""
+        c = self.cfg.constitutions
+        plan = constitutions_per_query(queries, principles.principles, c, c.n, seed=self.cfg.run.seed, tag=k)
+        prompts = [[self.roles.render(con.text, q.text) for con in cons] for q, cons in plan]
+        seeds = [derive_seed(self.cfg.run.seed, "sample", k, q.id, j) for q, cons in plan for j in range(len(cons))]
+        flat = self.policy(model_stage).generate([p for ps in prompts for p in ps], sampling_spec(self.cfg.sampler),
+                                                 seeds)
+        filt = ResponseFilter.from_config(self.cfg.sampler.filters)
+        kept, dropped, at = [], {}, 0
+        for (q, cons), ps in zip(plan, prompts, strict=True):
+            gens = [g[0] for g in flat[at:at + len(ps)]]
+            at += len(ps)
+            why = filt.example_reason([g.text for g in gens], [g.truncated for g in gens])
+            if why:
+                dropped[why] = dropped.get(why, 0) + 1
+                continue
+            kept.append(SamiExample(q, cons, [g.text for g in gens], ps))
+        return kept, dropped
+
+    def samples(self, k: int, model_stage: str | None, train: list[Query], principles: PrincipleSet) -> Path:
+        key = stage_key(k, "samples")
+        if self.store.is_committed(key) and (fetched := self.store.fetch(key)) is not None:
+            return fetched / "examples.jsonl"
+        queries = self.iteration_queries(k, train)
+        metrics.set_stage(self.store.run_id, "sample", k)
+        t0 = time.perf_counter()
+        kept, dropped = self.timed(f"iter{k}_sample", self.sample_examples, k, model_stage, queries, principles)
+        metrics.record("sami_samples_per_second", len(queries) * self.cfg.constitutions.n /
+                       max(time.perf_counter() - t0, 1e-6), self.store.run_id, stage="sample")
+        if not kept:
+            raise UserError(f"iteration {k}: every sampled example was dropped by the response filters "
+                            f"({dropped}); loosen sampler.filters or raise sampler.max_tokens")
+        self.say(f"iteration {k}: {len(kept)} of {len(queries)} queries kept" +
+                 (f" (dropped: {dropped})" if dropped else ""))
+        with tempfile.TemporaryDirectory(dir=self.store.cache, prefix="samples-") as tmp:
+            save_examples(Path(tmp) / "examples.jsonl", kept)
+            (Path(tmp) / "stats.json").write_text(json.dumps({"kept": len(kept), "queries": len(queries),
+                                                              "dropped": dropped}))
+            self._commit(key, Path(tmp), meta={"kept": len(kept), "dropped": dropped,
+                                               "sampled_with": model_stage or "base"})
+        fetched = self.store.fetch(key)
+        if fetched is None:
+            raise UserError(f"{self.store.url(key)} was corrupt right after its upload; check the store")
+        return fetched / "examples.jsonl"
+
+    def model(self, k: int, init_stage: str | None, examples_path: Path) -> str:
+        key = stage_key(k, "model")
+        if self.store.is_committed(key):
+            return key  # verified where it is used (`model_folder`): resume downloads no model it does not need
+        metrics.set_stage(self.store.run_id, "train", k)
+        with tempfile.TemporaryDirectory(dir=self.store.cache, prefix="export-") as tmp:
+            result = self.timed(f"iter{k}_train", self.roles.train, examples_path, self.model_folder(init_stage),
+                                Path(tmp) / "model", self.store.train_target(k),
+                                derive_seed(self.cfg.run.seed, "train", k))
+            self.store.put_train_metrics(k, {"metrics": result.metrics, "summary": result.summary})
+            metrics.set_stage(self.store.run_id, "export", k)
+            self._commit(key, Path(result.model_dir), meta={"init": init_stage or "base", "summary": result.summary})
+        for name, metric in (("loss", "sami_train_loss"), ("mi_bound", "sami_mi_bound"),
+                             ("tokens_per_s", "sami_tokens_per_second")):
+            if isinstance(result.summary.get(name), int | float):
+                metrics.record(metric, result.summary[name], self.store.run_id, source="train")
+        self.store.prune_train_checkpoints(self.cfg.storage.keep_last_checkpoints)
+        return key
+
+    def evaluation(self, k: int, model_stage: str | None, held_out: list[Query], principles: PrincipleSet,
+                   base_report: dict | None) -> dict | None:
+        if not self.cfg.evaluation.enabled or not held_out:
+            return None
+        key = stage_key(k, "eval")
+        if self.store.is_committed(key):
+            return self.store.eval_report(k)
+        from .evaluate.report import plot_history, write_report
+
+        metrics.set_stage(self.store.run_id, "eval", k)
+        report = self.timed(f"iter{k}_eval", self.evaluate_model, k, model_stage, held_out, principles, base_report)
+        with tempfile.TemporaryDirectory(dir=self.store.cache, prefix="eval-") as tmp:
+            write_report(report, Path(tmp))
+            if self.cfg.evaluation.plots:
+                plot_history(self.store.eval_history(k) + [report], Path(tmp))
+            self._commit(key, Path(tmp), meta={"degeneration": report.get("degeneration", {}).get("action")})
+        mi = report.get("mi_bound")
+        mi = mi.get("mi_bound") if isinstance(mi, dict) else mi
+        if isinstance(mi, int | float):
+            metrics.record("sami_mi_bound", mi, self.store.run_id, source="eval")
+        return report
+
+    def evaluate_model(self, k: int, model_stage: str | None, held_out: list[Query], principles: PrincipleSet,
+                       base_report: dict | None) -> dict:
+        """Evaluate a model (None: the base) as iteration k, with the judge and the baselines the config names."""
+        from .evaluate.runner import evaluate_iteration
+
+        previous = self.store.eval_report(k - 1) if k > 1 and self.cfg.evaluation.judge.baseline == "previous" \
+            else None
+        report = evaluate_iteration(self.policy(model_stage), held_out, principles.principles, self.cfg.evaluation,
+                                    self.cfg.task.kind, self.roles.render, k, base_report, self.cfg.run.seed,
+                                    self.cfg.sampler, self.cfg.constitutions, judge_policy=self.roles.judge(),
+                                    baseline_report=previous)
+        report["model"] = model_stage or "base"
+        return report
+
+    # ------------------------------------------------------------ the walk
+
+    def execute(self, max_walks: int = 3) -> RunSummary:
+        """Walk the stages; a committed stage found corrupt where it is used is discarded and the walk starts
+        again, computing it anew (every stage before it is still committed and skipped)."""
+        t0 = time.perf_counter()
+        try:
+            for _ in range(max_walks):
+                try:
+                    return self.walk(t0)
+                except StageDiscarded as e:
+                    self.say(f"{e.stage} was discarded; walking the stages again to compute it")
+            raise UserError(f"{self.store.uri}: stages kept turning out corrupt after {max_walks} walks; "
+                            "check the store")
+        finally:
+            self.roles.shutdown()
+
+    def walk(self, t0: float | None = None) -> RunSummary:
+        t0 = time.perf_counter() if t0 is None else t0
+        principles = self.principles()
+        summary = RunSummary(self.store.uri, principles)
+        train, held_out = self.queries()
+        base = self.evaluation(0, None, held_out, principles, None)
+        if base:
+            summary.reports.append(base)
+        current: str | None = None  # the model the next iteration samples from and trains
+        for k in range(1, self.cfg.run.iterations + 1):
+            self.say(f"=== iteration {k}/{self.cfg.run.iterations}")
+            examples = self.samples(k, current, train, principles)
+            init = current if self.cfg.trainer.init == "previous" else None
+            produced = self.model(k, init, examples)
+            report = self.evaluation(k, produced, held_out, principles, base)
+            action = (report or {}).get("degeneration", {}).get("action")
+            if report:
+                summary.reports.append(report)
+            if action == "rollback":
+                self.say(f"iteration {k}: degeneration guard tripped; rolling back to {current or 'base'}")
+                continue
+            current = produced
+            if action == "stop":
+                summary.stopped_early = f"degeneration guard tripped at iteration {k}"
+                break
+        if current is not None:
+            self.model_folder(current)  # the run's product must be intact, even when every stage was done
+        summary.final_model = current
+        metrics.set_stage(self.store.run_id, "done", self.cfg.run.iterations)
+        summary.timings = dict(self.timings, total=round(time.perf_counter() - t0, 1))
+        self.store.put_summary({"final_model": current, "timings": summary.timings,
+                                "stopped_early": summary.stopped_early})
+        return summary
+
