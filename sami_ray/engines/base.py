@@ -10,8 +10,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..sami.sampling import Generation, SamplingSpec
 from ..sami.seeds import derive_seed
+from ..sami.tokens import encode_pair, encode_prompt
 
-__all__ = ["Engine", "Generation", "SamplingSpec", "encode_pair", "prompt_seeds"]
+__all__ = ["Engine", "Generation", "SamplingSpec", "encode_pair", "encode_prompt", "prompt_seeds"]
 
 
 @runtime_checkable
@@ -26,7 +27,8 @@ class Engine(Protocol):
         ...
 
     def score(self, prompts: list[str], responses: list[str]) -> list[list[float]]:
-        """Per-token log-probs of each response given its prompt (tokenised apart and joined, no EOS added)."""
+        """Per-token log-probs of each response given its prompt, tokenised by `encode_pair` (the prompt as a
+        sampler sees it, BOS first when the tokenizer adds one; the response without special tokens; no EOS)."""
         ...
 
     def load_weights(self, path: str) -> int:
@@ -41,14 +43,3 @@ def prompt_seeds(spec: SamplingSpec, count: int, seeds: list[int] | None) -> lis
     if len(seeds) != count:
         raise ValueError(f"{len(seeds)} seeds for {count} prompts")
     return list(seeds)
-
-
-def encode_pair(tokenizer, prompt: str, response: str) -> tuple[list[int], list[int]]:
-    """Token ids of a prompt and a response, tokenised apart: the layout the trainer and the MI bound use."""
-    p = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    r = list(tokenizer(response, add_special_tokens=False)["input_ids"])
-    if not p:
-        # A response needs a token before it to be scored; the BOS (or EOS) stands in for an empty prompt.
-        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        p = [bos]
-    return p, r

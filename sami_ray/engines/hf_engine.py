@@ -6,7 +6,7 @@ import torch
 
 from ..config import EngineOptions
 from ..sami.loss import token_logprobs
-from .base import Generation, SamplingSpec, encode_pair, prompt_seeds
+from .base import Generation, SamplingSpec, encode_pair, encode_prompt, prompt_seeds
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -37,7 +37,8 @@ class HFEngine:
         out = []
         # One prompt at a time with its own seed: the same prompt and seed give the same answer in any batch.
         for prompt, seed in zip(prompts, prompt_seeds(spec, len(prompts), seeds), strict=True):
-            ids = torch.tensor([self.tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=self.device)
+            # The prompt's ids as vLLM makes them from text (BOS first when the tokenizer adds one): the ids scored.
+            ids = torch.tensor([encode_prompt(self.tokenizer, prompt)], device=self.device)
             torch.manual_seed(seed)
             sample = dict(do_sample=True, temperature=spec.temperature, top_p=spec.top_p) \
                 if spec.temperature > 0 else dict(do_sample=False)

@@ -17,6 +17,7 @@ import torch
 from ..errors import DataError
 from .constitutions import Constitution
 from .loss import IGNORE_INDEX
+from .tokens import encode_prompt, encode_response, truncate_prompt
 
 QueryFormat = Literal["auto", "jsonl", "json", "hf", "mtbench", "gsm8k"]
 
@@ -259,19 +260,19 @@ class TokenizedExample:
 
 def tokenize_example(tokenizer: Any, example: SamiExample, *, max_prompt_tokens: int | None = None,
                      max_response_tokens: int | None = None, add_eos: bool = True) -> TokenizedExample:
-    """Prompts and responses are tokenised separately and concatenated, the way an engine scores a response
-    given a prompt. Prompts are cut from the left (the query end stays), responses from the right."""
+    """Prompts and responses are tokenised apart by the rule of `sami.tokens` (the prompt as a sampler sees it, BOS
+    first when the tokenizer adds one; the response without special tokens) and concatenated, the way an engine
+    scores a response given a prompt. Prompts are cut from the left (the query end stays, a leading BOS stays
+    first), responses from the right."""
     if not example.prompts or len(example.prompts) != example.n:
         raise DataError(f"example {example.query.id}: needs one rendered prompt per constitution")
     eos = getattr(tokenizer, "eos_token_id", None)
+    bos = getattr(tokenizer, "bos_token_id", None)
     prompts, responses = [], []
     for p in example.prompts:
-        ids = tokenizer(p, add_special_tokens=False)["input_ids"]
-        if max_prompt_tokens and len(ids) > max_prompt_tokens:
-            ids = ids[-max_prompt_tokens:]
-        prompts.append(list(ids))
+        prompts.append(truncate_prompt(encode_prompt(tokenizer, p), max_prompt_tokens, bos))
     for r in example.responses:
-        ids = list(tokenizer(r, add_special_tokens=False)["input_ids"])
+        ids = encode_response(tokenizer, r)
         if max_response_tokens:
             ids = ids[:max_response_tokens]
         if add_eos and eos is not None:

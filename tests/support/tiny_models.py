@@ -38,8 +38,10 @@ def _corpus(lines: int = 2000, seed: int = 0) -> list[str]:
     return out
 
 
-def build_tokenizer(vocab_size: int = 512):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def build_tokenizer(vocab_size: int = 512, add_bos: bool = False):
+    """A byte-level BPE tokenizer; with `add_bos`, one that puts <s> before every text it encodes with special tokens
+    on, as Llama and Mistral tokenizers do (a TemplateProcessing post-processor)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -48,6 +50,10 @@ def build_tokenizer(vocab_size: int = 512):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(_corpus(), trainer=trainer)
+    if add_bos:
+        bos = tok.token_to_id("<s>")
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B:1",
+                                                           special_tokens=[("<s>", bos)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                                    pad_token="<pad>")
     fast.chat_template = CHAT_TEMPLATE
@@ -69,21 +75,23 @@ def _model_config(kind: str, vocab_size: int, layers: int, hidden: int, experts:
 
 def tiny_model(out_dir: str | Path | None = None, kind: Literal["llama", "mixtral"] = "llama", *,
                vocab_size: int = 512, layers: int = 2, hidden: int = 128, experts: int = 4,
-               max_pos: int = 1024, seed: int = 0) -> Path:
-    """A folder with config, safetensors weights and tokenizer (with a chat template) of a tiny random model."""
+               max_pos: int = 1024, seed: int = 0, add_bos: bool = False) -> Path:
+    """A folder with config, safetensors weights and tokenizer (with a chat template) of a tiny random model.
+
+    `add_bos`: the tokenizer puts BOS before a text prompt (Llama/Mistral style); the default adds nothing."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    key = json.dumps([kind, vocab_size, layers, hidden, experts, max_pos, seed, 2])
+    key = json.dumps([kind, vocab_size, layers, hidden, experts, max_pos, seed, 2] + (["bos"] if add_bos else []))
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     if out_dir is None:
         root = Path(os.environ.get("SAMI_RAY_CACHE") or Path.home() / ".cache" / "sami-ray") / "tiny-models"
-        out_dir = root / f"{kind}-{digest}"
+        out_dir = root / f"{kind}{'-bos' if add_bos else ''}-{digest}"
     out = Path(out_dir)
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer(vocab_size)
+    tokenizer = build_tokenizer(vocab_size, add_bos=add_bos)
     config = _model_config(kind, len(tokenizer), layers, hidden, experts, max_pos)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with atomic_folder(out) as tmp:
