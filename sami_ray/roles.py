@@ -19,7 +19,7 @@ from .errors import UserError
 from .models import resolve_model_path
 from .runtime import ensure_ray, runtime_env
 from .sami.constitutions import Principle, PrincipleSet
-from .sami.prompts import has_chat_template, render_prompt
+from .sami.prompts import chat_tokenizer_for, render_prompt
 
 log = logging.getLogger(__name__)
 
@@ -30,27 +30,76 @@ class RoleSpec:
 
     name: str
     model: ModelSpec
-    sampler: SamplerConfig  # backend, replicas, batching, stop strings and engine options of this role
+    sampler: SamplerConfig  # backend, replicas, batching and retries, with this role's own engine options
     resources: RoleResources
 
     @property
     def engine(self) -> EngineOptions:
         return self.sampler.engine
 
-    def model_path(self) -> Path:
-        return resolve_model_path(self.model.path, self.model.gguf_file)
+    def model_path(self, storage: Any = None) -> Path:
+        """The role's model as a folder on this node (fetched into its cache where it is remote)."""
+        return resolve_model_path(self.model.path, self.model.gguf_file, storage=storage)
+
+    def same_model(self, other: RoleSpec) -> bool:
+        """Whether both roles name the same model (then the writer runs on the policy's pool)."""
+        return (self.model.path, self.model.gguf_file) == (other.model.path, other.model.gguf_file)
 
 
 def role_specs(cfg: RunConfig) -> dict[str, RoleSpec]:
-    """The spec of every configured role: 'policy' always, 'writer' and 'judge' when their models are set."""
-    specs = {"policy": RoleSpec("policy", cfg.models.policy, cfg.sampler, cfg.resources.sampler)}
-    if cfg.models.writer is not None:
-        specs["writer"] = RoleSpec("writer", cfg.models.writer, cfg.sampler.model_copy(update={"replicas": 1}),
-                                   cfg.resources.writer)
-    if cfg.models.judge is not None:
-        specs["judge"] = RoleSpec("judge", cfg.models.judge, cfg.sampler.model_copy(update={"replicas": 1}),
-                                  cfg.resources.sampler)
+    """The spec of every configured role: 'policy' always, 'writer' and 'judge' when their models are set.
+
+    Each role has its own model spec, engine options (resolved when the config loaded: `RunConfig.role_engine`)
+    and resources; the writer and the judge run one engine each. Needs no Ray: `plan` reads the same specs.
+    """
+    specs: dict[str, RoleSpec] = {}
+    for role in ("policy", "writer", "judge"):
+        model = cfg.role_model(role)
+        if model is None:
+            continue
+        update: dict[str, Any] = {"engine": cfg.role_engine(role)}
+        if role != "policy":
+            update["replicas"] = 1
+        specs[role] = RoleSpec(role, model, cfg.sampler.model_copy(update=update), cfg.role_resources(role))
     return specs
+
+
+def writes_principles(cfg: RunConfig) -> bool:
+    """Whether a writer model writes (or rephrases) the principles."""
+    return cfg.models.writer is not None and cfg.constitutions.write_with_writer
+
+
+def engine_roles(cfg: RunConfig) -> list[RoleSpec]:
+    """The roles that start engines of their own in a run: the policy's sampler pool; the writer when it writes
+    principles on a model other than the policy's (else it runs on the policy's pool); the local judge."""
+    specs = role_specs(cfg)
+    out = [specs["policy"]]
+    if writes_principles(cfg) and not specs["writer"].same_model(specs["policy"]):
+        out.append(specs["writer"])
+    if cfg.evaluation.judge.kind == "local" and "judge" in specs:
+        out.append(specs["judge"])
+    return out
+
+
+class ChatFramed:
+    """A generator whose prompts are one user message each, framed by a tokenizer's chat template (the local
+    judge's prompts, per models.judge.chat_template); the wrapped pool does the work."""
+
+    def __init__(self, pool: Any, tokenizer: Any):
+        self.pool, self.tokenizer = pool, tokenizer
+
+    def frame(self, prompt: str) -> str:
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def generate(self, prompts: list[str], spec: Any, seeds: list[int] | None = None):
+        return self.pool.generate([self.frame(p) for p in prompts], spec, seeds)
+
+    def score(self, prompts: list[str], responses: list[str]) -> list[list[float]]:
+        return self.pool.score([self.frame(p) for p in prompts], responses)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown()
 
 
 class Roles:
@@ -63,48 +112,54 @@ class Roles:
         self._pool = None
         self._pool_model: str | None = None
         self._judge = None
-        self._tokenizer = None
+        self._tokenizers: dict[tuple[str, str | None], Any] = {}
 
     # ------------------------------------------------------------ the policy
 
     def base_model(self) -> Path:
         """The policy's initial weights as a local folder."""
-        return self.specs["policy"].model_path()
+        return self.specs["policy"].model_path(self.cfg.storage)
+
+    def tokenizer_of(self, role: str):
+        """The tokenizer of a role's model (loaded once per model; roles on the same model share it)."""
+        spec = self.specs[role]
+        key = (spec.model.path, spec.model.gguf_file)
+        if key not in self._tokenizers:
+            from transformers import AutoTokenizer
+
+            self._tokenizers[key] = AutoTokenizer.from_pretrained(spec.model_path(self.cfg.storage))
+        return self._tokenizers[key]
 
     @property
     def tokenizer(self):
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
+        return self.tokenizer_of("policy")
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.base_model())
-        return self._tokenizer
-
-    def chat_tokenizer(self):
-        """The policy's tokenizer when prompts go through its chat template, else None."""
-        mode = self.specs["policy"].model.chat_template
+    def chat_tokenizer(self, role: str = "policy"):
+        """The role's tokenizer when its prompts go through its chat template (models.<role>.chat_template)."""
+        mode = self.specs[role].model.chat_template
         if mode == "off":
             return None
-        if mode == "on" or has_chat_template(self.tokenizer):
-            return self.tokenizer
-        return None
+        return chat_tokenizer_for(mode, self.tokenizer_of(role), f"models.{role}.chat_template")
 
     def render(self, constitution_text: str, query_text: str) -> str:
         return render_prompt(self.cfg.task.kind, constitution_text, query_text, self.chat_tokenizer())
 
-    def policy(self, model_folder: Path | None = None):
-        """The sampler pool on the weights in `model_folder` (None: the base model), synced in place on change."""
+    def policy(self, model: str | None = None):
+        """The sampler pool on `model` (a committed stage's URI or folder; None: the base model), its weights
+        synced in place when the model changes. Each replica resolves the model on its own node."""
         from .actors.sampler import SamplerPool
         from .actors.weight_sync import sync
 
         spec = self.specs["policy"]
-        path = str(model_folder or self.base_model())
+        ref = model or spec.model.path
         if self._pool is None:
             ensure_ray(self.cfg.resources)
-            self._pool = self.timed("sampler_start", SamplerPool, path, spec.sampler, spec.resources,
-                                    runtime_env=runtime_env())
-        elif self._pool_model != path:
-            self.timed("weight_sync", sync, self._pool, path)
-        self._pool_model = path
+            self._pool = self.timed("sampler_start", SamplerPool, ref, spec.sampler, spec.resources,
+                                    runtime_env=runtime_env(), storage=self.cfg.storage,
+                                    gguf_file=None if model else spec.model.gguf_file)
+        elif self._pool_model != ref:
+            self.timed("weight_sync", sync, self._pool, ref)
+        self._pool_model = ref
         return self._pool
 
     def forget_policy_weights(self) -> None:
@@ -114,23 +169,27 @@ class Roles:
     # ------------------------------------------------------------ the writer
 
     def write_principles(self, description: str, seeds: list[Principle], seed: int) -> PrincipleSet:
-        """The writer rephrases the seed principles (the configured phrasing is kept where it fails)."""
+        """The writer rephrases the seed principles (the configured phrasing is kept where it fails); with no
+        seeds it writes constitutions.num_principles of its own. Its prompts go through the writer model's chat
+        template per models.writer.chat_template."""
         from .sami.writer import PrincipleWriterCore
 
         spec = self.specs["writer"]
-        if spec.model_path() == self.base_model():
-            # The policy writes its own principles: its sampler pool is the writer, no second engine starts.
-            core = PrincipleWriterCore(self.policy(None), self.chat_tokenizer())
-            return core.write(description, seeds, len(seeds), fallback_to_seeds=True, seed=seed)
+        k = len(seeds) or self.cfg.constitutions.num_principles
+        if spec.same_model(self.specs["policy"]):
+            # The policy's model writes the principles: its sampler pool is the writer, no second engine starts.
+            core = PrincipleWriterCore(self.policy(None), self.chat_tokenizer("writer"))
+            return core.write(description, seeds, k, fallback_to_seeds=True, seed=seed)
         import ray
 
         from .actors.writer import start_writer
 
         ensure_ray(self.cfg.resources)
-        writer = start_writer(str(spec.model_path()), spec.engine, spec.resources, runtime_env=runtime_env(),
-                              backend=spec.sampler.backend)
+        writer = start_writer(spec.model.path, spec.engine, spec.resources, runtime_env=runtime_env(),
+                              backend=spec.sampler.backend, chat_template=spec.model.chat_template,
+                              gguf_file=spec.model.gguf_file, storage=self.cfg.storage)
         try:
-            return ray.get(writer.write.remote(description, seeds, len(seeds), fallback_to_seeds=True, seed=seed))
+            return ray.get(writer.write.remote(description, seeds, k, fallback_to_seeds=True, seed=seed))
         finally:
             if self.cfg.resources.release_writer:
                 ray.kill(writer)
@@ -138,7 +197,8 @@ class Roles:
     # ------------------------------------------------------------ the judge
 
     def judge(self):
-        """A sampler pool on models.judge when the evaluation judge is local (None otherwise)."""
+        """A sampler pool on models.judge when the evaluation judge is local (None otherwise); its prompts go
+        through the judge model's chat template per models.judge.chat_template."""
         if self.cfg.evaluation.judge.kind != "local":
             return None
         if self._judge is None:
@@ -147,24 +207,32 @@ class Roles:
             spec = self.specs.get("judge")
             if spec is None:
                 raise UserError("evaluation.judge.kind is 'local' but models.judge is not set")
+            chat = self.chat_tokenizer("judge")  # a tokenizer without the template 'on' asks for fails before start
             ensure_ray(self.cfg.resources)
-            self._judge = self.timed("judge_start", SamplerPool, str(spec.model_path()), spec.sampler,
-                                     spec.resources, runtime_env=runtime_env())
+            pool = self.timed("judge_start", SamplerPool, spec.model.path, spec.sampler, spec.resources,
+                              runtime_env=runtime_env(), storage=self.cfg.storage, gguf_file=spec.model.gguf_file,
+                              role="judge")
+            self._judge = ChatFramed(pool, chat) if chat is not None else pool
         return self._judge
 
     # ------------------------------------------------------------ the trainer
 
-    def train(self, examples_path: Path, init_model: Path, output_dir: Path, storage: tuple[Any, str],
+    def train(self, examples_path: Path, init_model: str | None, output_dir: Path, storage: tuple[Any, str],
               seed: int):
-        """One training stage on the Ray Train worker group; the exported model lands in `output_dir`."""
+        """One training stage on the Ray Train worker group, from `init_model` (a committed stage's URI or
+        folder; None: the base model); every worker resolves its models on its own node. The exported model
+        lands in `output_dir`."""
         from .train import train
 
         ensure_ray(self.cfg.resources)
         fs, path = storage
-        ref = str(self.base_model()) if self.cfg.trainer.beta > 0 else None
-        return train(examples_path=str(examples_path), init_model_path=str(init_model), ref_model_path=ref,
-                     trainer_cfg=self.cfg.trainer, output_dir=str(output_dir), storage_path=path,
-                     storage_filesystem=fs, run_name="train", resources=self.cfg.resources.trainer, seed=seed)
+        base = self.specs["policy"].model
+        return train(examples_path=str(examples_path), init_model_path=init_model or base.path,
+                     init_gguf_file=None if init_model else base.gguf_file,
+                     ref_model_path=base.path if self.cfg.trainer.beta > 0 else None, ref_gguf_file=base.gguf_file,
+                     model_storage=self.cfg.storage, trainer_cfg=self.cfg.trainer, output_dir=str(output_dir),
+                     storage_path=path, storage_filesystem=fs, run_name="train",
+                     resources=self.cfg.resources.trainer, seed=seed, max_prompt_tokens=self.cfg.task.max_prompt_tokens)
 
     # ------------------------------------------------------------ lifetime
 

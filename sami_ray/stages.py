@@ -24,10 +24,11 @@ from typing import Any
 
 from . import metrics
 from .config import RunConfig
-from .errors import UserError
+from .errors import CorruptStageError, UserError
 from .inputs import load_run_queries, seed_principles, split_queries
-from .models import require_safetensors
+from .models import require_safetensors, resolve_model_path
 from .progress import timer
+from .roles import writes_principles
 from .sami.constitutions import PrincipleSet, constitutions_per_query
 from .sami.data import Query, ResponseFilter, SamiExample, save_examples
 from .sami.sampling import SamplingSpec
@@ -71,18 +72,30 @@ class StageLoop:
 
     # ------------------------------------------------------------ models and queries
 
-    def model_folder(self, stage: str | None) -> Path:
-        """The base model (None) or a committed model stage as a verified local folder."""
+    def model_ref(self, stage: str | None) -> str | None:
+        """Where every role reads a model from: None for the base model (each role resolves its own spec on its
+        node), else the committed stage, verified here first. A corrupt stage is discarded and the walk starts
+        again. A stage in S3 is handed on as its URI (each node fetches and verifies it into its own cache; this
+        node's copy is shared with the replicas here); a local store is one disk, so its verified copy's path."""
         if stage is None:
-            return self.roles.base_model()
-        folder = self.store.fetch(stage)
-        if folder is None:
-            self.roles.forget_policy_weights()  # the stage's folder will hold other weights once recomputed
-            raise StageDiscarded(stage, self.store.uri)
-        return require_safetensors(folder)
+            return None
+        try:
+            if self.store.is_local:
+                folder = self.store.fetch(stage)
+                if folder is None:
+                    raise CorruptStageError(f"{self.store.url(stage)} does not match its manifest")
+                return str(require_safetensors(folder))
+            resolve_model_path(self.store.url(stage), storage=self.cfg.storage)
+            return self.store.url(stage)
+        except CorruptStageError as e:
+            if not self.store.is_local:  # a local store's fetch has discarded it already
+                self._count_discard(stage, e)
+                self.store.discard(stage)
+            self.roles.forget_policy_weights()  # the stage will hold other weights once recomputed
+            raise StageDiscarded(stage, self.store.uri) from None
 
     def policy(self, stage: str | None):
-        return self.roles.policy(self.model_folder(stage) if stage else None)
+        return self.roles.policy(self.model_ref(stage))
 
     def queries(self) -> tuple[list[Query], list[Query]]:
         qcfg = self.cfg.task.queries
@@ -109,8 +122,10 @@ class StageLoop:
             return PrincipleSet.from_dict(stored)
         metrics.set_stage(self.store.run_id, "principles", 0)
         c = self.cfg.constitutions
-        seeds = seed_principles(c)
-        if self.cfg.models.writer is not None and c.write_with_writer:
+        writes = writes_principles(self.cfg)
+        # No principles given and a writer: it writes constitutions.num_principles of its own.
+        seeds = [] if writes and not (c.principles or c.file or c.builtin) else seed_principles(c)
+        if writes:
             pset = self.timed("principles", self.roles.write_principles, self.cfg.task.description, seeds,
                               self.cfg.run.seed)
         else:
@@ -124,7 +139,8 @@ class StageLoop:
         c = self.cfg.constitutions
         plan = constitutions_per_query(queries, principles.principles, c, c.n, seed=self.cfg.run.seed, tag=k)
         prompts = [[self.roles.render(con.text, q.text) for con in cons] for q, cons in plan]
-        seeds = [derive_seed(self.cfg.run.seed, "sample", k, q.id, j) for q, cons in plan for j in range(len(cons))]
+        seeds = [derive_seed(self.cfg.run.seed, "sample", self.cfg.sampler.seed, k, q.id, j)
+                 for q, cons in plan for j in range(len(cons))]
         flat = self.policy(model_stage).generate([p for ps in prompts for p in ps], sampling_spec(self.cfg.sampler),
                                                  seeds)
         filt = ResponseFilter.from_config(self.cfg.sampler.filters)
@@ -168,10 +184,10 @@ class StageLoop:
     def model(self, k: int, init_stage: str | None, examples_path: Path) -> str:
         key = stage_key(k, "model")
         if self.store.is_committed(key):
-            return key  # verified where it is used (`model_folder`): resume downloads no model it does not need
+            return key  # verified where it is used (`model_ref`): resume downloads no model it does not need
         metrics.set_stage(self.store.run_id, "train", k)
         with tempfile.TemporaryDirectory(dir=self.store.cache, prefix="export-") as tmp:
-            result = self.timed(f"iter{k}_train", self.roles.train, examples_path, self.model_folder(init_stage),
+            result = self.timed(f"iter{k}_train", self.roles.train, examples_path, self.model_ref(init_stage),
                                 Path(tmp) / "model", self.store.train_target(k),
                                 derive_seed(self.cfg.run.seed, "train", k))
             self.store.put_train_metrics(k, {"metrics": result.metrics, "summary": result.summary})
@@ -263,7 +279,7 @@ class StageLoop:
                 summary.stopped_early = f"degeneration guard tripped at iteration {k}"
                 break
         if current is not None:
-            self.model_folder(current)  # the run's product must be intact, even when every stage was done
+            self.model_ref(current)  # the run's product must be intact, even when every stage was done
         summary.final_model = current
         metrics.set_stage(self.store.run_id, "done", self.cfg.run.iterations)
         summary.timings = dict(self.timings, total=round(time.perf_counter() - t0, 1))

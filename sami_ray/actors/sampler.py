@@ -32,10 +32,15 @@ class SamplerError(UserError):
 class PolicySampler:
     """One engine in one actor. Named `sami-sampler-<pool>-<i>` in the dashboard."""
 
-    def __init__(self, model_path: str, backend: str, options: dict, version: int = 0):
+    def __init__(self, model: str, backend: str, options: dict, version: int = 0, storage: object = None,
+                 gguf_file: str | None = None):
         from ..engines import make_engine
+        from ..models import resolve_model_path
 
-        self.engine = make_engine(model_path, backend, EngineOptions(**options))
+        # The model is resolved here, on this replica's node (its own cache), never on the driver's disk.
+        self.storage = storage
+        path = resolve_model_path(model, gguf_file, storage=storage)
+        self.engine = make_engine(str(path), backend, EngineOptions(**options))
         self.engine.version = version  # a replacement replica starts on the pool's current weights
         self.calls = 0
 
@@ -51,25 +56,36 @@ class PolicySampler:
     def score(self, prompts: list[str], responses: list[str]) -> list[list[float]]:
         return self.engine.score(prompts, responses)
 
-    def load_weights(self, path: str) -> int:
-        return self.engine.load_weights(path)
+    def load_weights(self, model: str) -> int:
+        from ..models import resolve_model_path
+
+        return self.engine.load_weights(str(resolve_model_path(model, storage=self.storage)))
 
 
 class SamplerPool:
     """R sampler replicas on their own placement-group bundles, seen from outside as one engine (generate/score)."""
 
-    def __init__(self, model_path: str, cfg: SamplerConfig, resources: RoleResources,
-                 runtime_env: dict | None = None, ready_timeout_s: float = 600.0):
+    def __init__(self, model: str, cfg: SamplerConfig, resources: RoleResources,
+                 runtime_env: dict | None = None, ready_timeout_s: float = 600.0, *, storage: object = None,
+                 gguf_file: str | None = None, role: str = "sampler"):
+        """`model` is anything `models.resolve_model_path` takes (a folder, builtin:, a hub id, s3://); each
+        replica resolves it on its own node, with `storage` (S3 settings) where it is an s3:// URI. `role` names
+        the config section of `resources` in placement errors."""
         tp = cfg.engine.tensor_parallel_size
         if resources.num_gpus and resources.num_gpus < tp:
-            raise SamplerError(f"resources.sampler.num_gpus={resources.num_gpus} is less than "
-                               f"sampler.engine.tensor_parallel_size={tp}: each replica needs its {tp} GPUs")
+            raise SamplerError(f"resources.{role}.num_gpus={resources.num_gpus} is less than the engine's "
+                               f"tensor_parallel_size={tp}: each replica needs its {tp} GPUs")
+        if not resources.num_gpus and resources.num_cpus < tp:
+            # On CPU each rank is a process of its own inside the replica's bundle, unseen by Ray's accounting.
+            raise SamplerError(f"resources.{role}.num_cpus={resources.num_cpus} is less than the engine's "
+                               f"tensor_parallel_size={tp}: on CPU each replica needs a CPU per rank")
         self.cfg, self.resources, self.runtime_env = cfg, resources, runtime_env
-        self.model_path = str(model_path)
+        self.model_path = str(model)
+        self.storage, self.gguf_file = storage, gguf_file
         self.version = 0
         self.ready_timeout_s = ready_timeout_s
         self.tag = uuid.uuid4().hex[:6]
-        self.pg = reserve("sampler", resources, cfg.replicas, name=f"sami-sampler-{self.tag}")
+        self.pg = reserve(role, resources, cfg.replicas, name=f"sami-sampler-{self.tag}")
         self.replicas = [self._spawn(i) for i in range(cfg.replicas)]
         try:
             self._wait_ready(range(cfg.replicas))
@@ -84,7 +100,7 @@ class SamplerPool:
             name=f"sami-sampler-{self.tag}-{i}", num_cpus=self.resources.num_cpus,
             num_gpus=self.resources.num_gpus, scheduling_strategy=strategy(self.pg, i),
             runtime_env=self.runtime_env).remote(self.model_path, self.cfg.backend, self.cfg.engine.model_dump(),
-                                                 self.version)
+                                                 self.version, self.storage, self.gguf_file)
 
     def _wait_ready(self, indices) -> None:
         refs = {self.replicas[i].ready.remote(): i for i in indices}
@@ -178,19 +194,20 @@ class SamplerPool:
 
     # ------------------------------------------------------------ weights
 
-    def load_weights(self, path: str) -> list[int]:
-        """Every replica reloads `path`; a replica that died is replaced on the new weights. Returns versions."""
-        self.model_path, self.version = str(path), self.version + 1
+    def load_weights(self, model: str) -> list[int]:
+        """Every replica reloads `model` (resolved on its own node); a replica that died is replaced on the new
+        weights. Returns the versions."""
+        self.model_path, self.version, self.gguf_file = str(model), self.version + 1, None
         refs = {self.replicas[i].load_weights.remote(self.model_path): i for i in range(len(self.replicas))}
         for ref, i in refs.items():
             try:
                 ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-                log.warning("sampler replica %d died; starting a fresh one on %s", i, path)
+                log.warning("sampler replica %d died; starting a fresh one on %s", i, model)
                 ray.get(self._replace(i))
         versions = self.versions()
         if set(versions) != {self.version}:
-            raise SamplerError(f"after loading {path} the replicas report versions {versions}, "
+            raise SamplerError(f"after loading {model} the replicas report versions {versions}, "
                                f"expected {self.version} everywhere")
         return versions
 

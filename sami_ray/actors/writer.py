@@ -14,6 +14,7 @@ import ray
 
 from ..config import EngineOptions, RoleResources
 from ..sami.constitutions import Principle, PrincipleSet
+from ..sami.prompts import chat_tokenizer_for
 from ..sami.writer import PrincipleWriterCore
 
 __all__ = ["PrincipleWriter", "PrincipleWriterCore", "start_writer"]
@@ -25,11 +26,16 @@ log = logging.getLogger(__name__)
 class PrincipleWriter:
     """The writer as a Ray actor: the engine lives in the actor's process (and on its GPUs)."""
 
-    def __init__(self, model_path: str, engine_options: EngineOptions, backend: str = "vllm") -> None:
+    def __init__(self, model: str, engine_options: EngineOptions, backend: str = "vllm",
+                 chat_template: str = "auto", gguf_file: str | None = None, storage: object = None) -> None:
         from ..engines import make_engine
+        from ..models import resolve_model_path
 
-        engine = make_engine(model_path, backend, engine_options)
-        self.core = PrincipleWriterCore(engine, engine.tokenizer)  # both backends hold the model's tokenizer
+        # The model is resolved here, on the writer's node (its own cache), never on the driver's disk.
+        engine = make_engine(str(resolve_model_path(model, gguf_file, storage=storage)), backend, engine_options)
+        # Both backends hold the model's tokenizer; prompts go through its chat template per models.writer.
+        self.core = PrincipleWriterCore(engine, chat_tokenizer_for(chat_template, engine.tokenizer,
+                                                                   "models.writer.chat_template"))
 
     def ready(self) -> bool:
         return True
@@ -40,12 +46,17 @@ class PrincipleWriter:
                                seed=seed)
 
 
-def start_writer(model_path: str, engine_options: EngineOptions, resources: RoleResources,
-                 runtime_env: dict | None = None, backend: str = "vllm", name: str | None = None) -> Any:
-    """A PrincipleWriter actor named 'sami-writer-<6 hex>' (visible in the dashboard) on the writer's resources."""
+def start_writer(model: str, engine_options: EngineOptions, resources: RoleResources,
+                 runtime_env: dict | None = None, backend: str = "vllm", name: str | None = None,
+                 chat_template: str = "auto", gguf_file: str | None = None, storage: object = None) -> Any:
+    """A PrincipleWriter actor named 'sami-writer-<6 hex>' (visible in the dashboard) on the writer's resources,
+    custom resources included; it resolves `model` on its own node, and its prompts go through the model's chat
+    template per `chat_template`."""
     name = name or f"sami-writer-{secrets.token_hex(3)}"
     opts: dict[str, Any] = {"name": name, "num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus}
+    if resources.custom:
+        opts["resources"] = dict(resources.custom)
     if runtime_env:
         opts["runtime_env"] = runtime_env
-    log.info("starting principle writer %s on %s (%s)", name, model_path, backend)
-    return PrincipleWriter.options(**opts).remote(model_path, engine_options, backend)
+    log.info("starting principle writer %s on %s (%s)", name, model, backend)
+    return PrincipleWriter.options(**opts).remote(model, engine_options, backend, chat_template, gguf_file, storage)

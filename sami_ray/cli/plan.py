@@ -4,6 +4,8 @@ Training memory under ZeRO-3 is per-parameter state split across the trainer's G
 Bytes per parameter: bf16 parameters + bf16 gradients + one bf16 RMSprop state = 6 (the paper's Mixtral setup);
 mixed-precision AdamW keeps fp32 master weights and two fp32 moments = 2 + 2 + 12 = 16; fp32 AdamW = 4 + 4 + 8 = 16.
 vLLM engines hold bf16 weights split over tensor-parallel ranks plus a KV cache sized by gpu_memory_utilization.
+The engines counted are the ones the run starts, read from the same `RoleSpec`s the roles start them with
+(roles.role_specs): models, replicas, tensor parallelism and memory utilisation per role, GPUs per resources.<role>.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from ..config import ModelSpec, RunConfig
 from ..errors import UserError
+from ..roles import RoleSpec, engine_roles
 
 GIB = 1024 ** 3
 
@@ -104,31 +107,36 @@ class Plan:
         return "\n".join(lines)
 
 
-def _engine_need(role: str, params_b: float, tp: int, util: float, gpu_gb: float, replicas: int) -> RoleNeed:
+def _engine_need(spec: RoleSpec, params_b: float, gpu_gb: float) -> RoleNeed:
+    """GPUs and per-GPU memory of one engine role, read from its RoleSpec (what the role itself starts)."""
+    eng, replicas = spec.engine, spec.sampler.replicas
+    tp, util = eng.tensor_parallel_size, eng.gpu_memory_utilization
     weights = params_b * 1e9 * 2 / GIB / tp
     kv = max(util * gpu_gb - weights, 0.0)
-    return RoleNeed(role, tp * replicas, round(util * gpu_gb, 1),
+    gpus = tp * replicas if spec.resources.num_gpus > 0 else 0
+    return RoleNeed(ROLE_NAMES[spec.name], gpus, round(util * gpu_gb, 1),
                     {"replicas": replicas, "tensor_parallel": tp, "weights_gb_per_gpu": round(weights, 1),
                      "kv_cache_gb_per_gpu": round(kv, 1)})
 
 
+ROLE_NAMES = {"policy": "sampler", "writer": "writer", "judge": "judge"}  # as plan's table shows them
+
+
 def plan_run(cfg: RunConfig) -> Plan:
-    """GPU needs of writer, samplers and trainer; problems name the config field to change."""
+    """GPU needs of writer, samplers, judge and trainer; problems name the config field to change."""
     res, gpu_gb = cfg.resources, cfg.resources.gpu_memory_gb
     problems: list[str] = []
     roles: list[RoleNeed] = []
     policy_b = model_params_b(cfg.models.policy)
-    eng = cfg.sampler.engine
-    sampler = _engine_need("sampler", policy_b, eng.tensor_parallel_size, eng.gpu_memory_utilization, gpu_gb,
-                           cfg.sampler.replicas)
-    if sampler.detail["weights_gb_per_gpu"] > eng.gpu_memory_utilization * gpu_gb:
-        problems.append(f"sampler: {sampler.detail['weights_gb_per_gpu']} GiB of weights per GPU exceed "
-                        f"{eng.gpu_memory_utilization:g} x {gpu_gb:g} GiB; raise sampler.engine.tensor_parallel_size")
-    roles.append(sampler)
-    if cfg.models.writer is not None and cfg.constitutions.write_with_writer:
-        writer_b = model_params_b(cfg.models.writer)
-        tp = max(1, int(res.writer.num_gpus) or 1)
-        roles.append(_engine_need("writer", writer_b, tp, eng.gpu_memory_utilization, gpu_gb, 1))
+    for spec in engine_roles(cfg):  # the engines the run starts, from the same specs the roles start them with
+        need = _engine_need(spec, policy_b if spec.name == "policy" else model_params_b(spec.model), gpu_gb)
+        util = spec.engine.gpu_memory_utilization
+        if spec.resources.num_gpus > 0 and need.detail["weights_gb_per_gpu"] > util * gpu_gb:
+            engine_field, res_field = cfg.ROLE_FIELDS[spec.name][1:]
+            problems.append(f"{need.role}: {need.detail['weights_gb_per_gpu']} GiB of weights per GPU exceed "
+                            f"{util:g} x {gpu_gb:g} GiB; raise {res_field}.num_gpus (and "
+                            f"{engine_field}.tensor_parallel_size with it)")
+        roles.append(need)
     t = cfg.trainer
     workers = t.num_workers
     per_param = training_bytes_per_param(t.dtype, t.optimizer)
@@ -143,21 +151,23 @@ def plan_run(cfg: RunConfig) -> Plan:
     # Activations: a rough allowance of 10% of the GPU, more without activation checkpointing.
     act = gpu_gb * (0.1 if t.activation_checkpointing else 0.25)
     per_gpu = max(sharded - offloaded, 0) + ref_gb + act
-    roles.append(RoleNeed("trainer", workers, round(per_gpu, 1), {
+    trainer_gpus = workers * max(1, int(res.trainer.num_gpus)) if res.trainer.num_gpus > 0 else 0
+    roles.append(RoleNeed("trainer", trainer_gpus, round(per_gpu, 1), {
         "bytes_per_param": per_param, "states_gb_total": round(states_gb, 1),
         "states_gb_per_gpu": round(sharded - offloaded, 1), "reference_gb_per_gpu": round(ref_gb, 1),
         "activations_gb": round(act, 1), "zero_stage": t.zero_stage}))
-    if per_gpu > gpu_gb:
+    if res.trainer.num_gpus > 0 and per_gpu > gpu_gb:
         problems.append(f"trainer: needs {per_gpu:.1f} GiB per GPU but a GPU has {gpu_gb:g} GiB; raise "
                         "trainer.num_workers, enable trainer.offload_optimizer or trainer.activation_checkpointing, "
                         "or use trainer.dtype=bfloat16 with trainer.optimizer=rmsprop")
-    uses_gpu = res.trainer.num_gpus > 0 or res.sampler.num_gpus > 0
     by_role = {r.role: r.gpus for r in roles}
-    if res.release_writer:  # the writer's GPUs are free again before training starts
-        total = by_role["sampler"] + max(by_role.get("writer", 0), by_role["trainer"])
+    # The sampler pool and a local judge live through the run; the writer's GPUs are free again before training
+    # when resources.release_writer is set.
+    total = by_role["sampler"] + by_role.get("judge", 0)
+    if res.release_writer:
+        total += max(by_role.get("writer", 0), by_role["trainer"])
     else:
-        total = sum(by_role.values())
-    total = total if uses_gpu else 0
+        total += by_role.get("writer", 0) + by_role["trainer"]
     if res.gpus_available is not None and total > res.gpus_available:
         problems.append(f"the config needs {total} GPUs but resources.gpus_available is {res.gpus_available}")
     return Plan(roles, total, gpu_gb, res.gpus_available, problems)

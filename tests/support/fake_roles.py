@@ -67,8 +67,8 @@ class FakeRoles:
     def render(self, constitution: str, query: str) -> str:
         return f"{constitution}\nQUERY: {query}"
 
-    def policy(self, folder: Path | None):
-        gen = json.loads(((folder or self.base) / "config.json").read_text())["generation"]
+    def policy(self, model: str | None):
+        gen = json.loads((Path(model or self.base) / "config.json").read_text())["generation"]
         self.loaded.append(gen)
         roles = self
 
@@ -88,13 +88,14 @@ class FakeRoles:
     def judge(self):
         return None
 
-    def train(self, examples_path: Path, init_model: Path, output_dir: Path, storage, seed: int) -> TrainResult:
+    def train(self, examples_path: Path, init_model: str | None, output_dir: Path, storage, seed: int
+              ) -> TrainResult:
         k = len(Path(examples_path).read_text().splitlines())  # examples exist and are readable
         assert k > 0
         iteration = int(re.search(r"iter-(\d+)", str(storage[1])).group(1))
         if self.fail_training_at == iteration:
             raise RuntimeError(f"training crashed at iteration {iteration}")
-        gen = json.loads((Path(init_model) / "config.json").read_text())["generation"] + 1
+        gen = json.loads((Path(init_model or self.base) / "config.json").read_text())["generation"] + 1
         _write_model(Path(output_dir), gen)
         self.trained.append(iteration)
         return TrainResult(str(output_dir), [{"step": 1, "loss": 0.5}], {"loss": 0.5, "mi_bound": 0.2})

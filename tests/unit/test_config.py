@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from sami_ray.config import load_config
@@ -73,3 +75,68 @@ def test_credentials_are_redacted():
     text = cfg.to_yaml()
     assert "s3cr3t-value" not in text and "AKIAEXAMPLE" not in text and "***" in text
     assert "s3cr3t-value" not in repr(cfg)
+
+
+# ---------------------------------------------------------------- per-role engines and resources
+
+W2S = Path(__file__).resolve().parents[2] / "jobs" / "weak_to_strong_mixtral.yaml"
+
+
+def test_each_role_gets_its_own_engine_with_tensor_parallel_over_its_gpus():
+    cfg = load_config(W2S)
+    # The 7B writer on its one GPU, not the Mixtral sampler's tensor parallel 4.
+    assert cfg.role_engine("writer").tensor_parallel_size == 1 == cfg.resources.writer.num_gpus
+    assert cfg.role_engine("policy").tensor_parallel_size == 4 == cfg.resources.sampler.num_gpus
+    # dtype and max_model_len come from the model spec where the engine leaves them at their defaults.
+    assert cfg.models.writer.engine.dtype == "bfloat16" and cfg.models.writer.engine.max_model_len == 4096
+    # tensor_parallel_size left unset follows the role's GPUs.
+    judged = load_config(None, ["models.judge.path=judge-model", "resources.judge.num_gpus=2",
+                                "resources.sampler.num_gpus=2", "models.policy.path=p", "models.policy.max_model_len=2048"])
+    assert judged.role_engine("judge").tensor_parallel_size == 2
+    assert judged.sampler.engine.tensor_parallel_size == 2 and judged.sampler.engine.max_model_len == 2048
+    assert judged.role_engine("judge").max_model_len is None  # the judge's spec, not the policy's
+
+
+@pytest.mark.parametrize("overrides,words", [
+    (["models.writer.engine.tensor_parallel_size=4"],
+     "models.writer.engine.tensor_parallel_size = 4 but resources.writer.num_gpus = 1"),
+    (["sampler.engine.tensor_parallel_size=2"],
+     "sampler.engine.tensor_parallel_size = 2 but resources.sampler.num_gpus = 4"),
+    (["models.writer.dtype=float16", "models.writer.engine.dtype=bfloat16"],
+     "models.writer.dtype = float16 but models.writer.engine.dtype = bfloat16"),
+    (["models.writer.engine.max_model_len=2048"],
+     "models.writer.max_model_len = 4096 but models.writer.engine.max_model_len = 2048"),
+    (["models.policy.engine.dtype=float16"], "models.policy.engine: the policy's engine options are sampler.engine"),
+    (["resources.writer.num_gpus=1.5"], "resources.writer.num_gpus = 1.5"),
+    (["resources.sampler.custom={GPU: 1}"], "resources.sampler.custom"),
+    (["resources.trainer.custom={sami_trainer: 0}"], "resources.trainer.custom"),
+    (["constitutions.principles=[{name: a, text: Be brief., antithesis: Be long., check: concise}]"],
+     "constitutions.principles.0.check: unknown key"),
+])
+def test_role_engine_and_resource_mistakes_are_refused_naming_the_field(overrides, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(W2S, overrides)
+    assert words in str(e.value)
+
+
+def test_resolved_config_reloads_as_itself():
+    from sami_ray.config import config_from_dict
+
+    for cfg in (load_config(W2S), load_config(None, ["resources.sampler.num_gpus=2", "models.writer.path=w"])):
+        again = config_from_dict(cfg.redacted_dict())
+        assert again == cfg
+
+
+def test_custom_resources_per_role():
+    cfg = load_config(W2S, ["resources.judge.custom={sami_judge: 1}"])
+    assert cfg.resources.sampler.custom == {"sami_sampler": 4} and cfg.resources.judge.custom == {"sami_judge": 1}
+    assert load_config(None).resources.trainer.custom == {}
+
+
+def test_num_principles_counts_free_principles_only():
+    # A principles file: its size is known when it is read, not from num_principles.
+    cfg = load_config(None, ["constitutions.file=p.json", "constitutions.mode=random", "constitutions.n=5"])
+    assert cfg.constitutions.n == 5
+    with pytest.raises(ConfigError, match="from 2 principle"):
+        load_config(None, ["constitutions.mode=random", "constitutions.n=5", "constitutions.builtin=[a]",
+                           "constitutions.principles=[{name: b, text: x., antithesis: y.}]"])

@@ -5,6 +5,7 @@ no file carries credentials, the Dockerfiles pass the lint, and all YAML passes 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import yaml
 
 from sami_ray.cli.plan import Plan, plan_run
 from sami_ray.config import load_config
+from sami_ray.roles import engine_roles, role_specs
 
 REPO = Path(__file__).resolve().parents[2]
 JOBS = REPO / "jobs"
@@ -89,6 +91,7 @@ def test_gpu_config_states_per_role_gpus(path):
     assert res.sampler.num_gpus == eng.tensor_parallel_size
     if cfg.models.writer is not None and cfg.constitutions.write_with_writer:
         assert res.writer.num_gpus >= 1
+        assert cfg.models.writer.engine.tensor_parallel_size == res.writer.num_gpus
     assert cfg.storage.uri.startswith("s3://"), "multi-node Ray Train checkpoints need shared storage"
     assert cfg.resources.ray_address == "auto"
 
@@ -139,6 +142,20 @@ def test_weak_to_strong_trains_mixtral_on_8_gpus_in_bf16_rmsprop():
     # plan knows the other recipe too: fp32 master weights + AdamW do not fit these GPUs.
     adamw = _plan(W2S, ["trainer.optimizer=adamw"])
     assert not adamw.fits and any(p.startswith("trainer:") for p in adamw.problems)
+
+
+def test_weak_to_strong_writer_gets_its_own_engine_on_its_own_gpu():
+    """The 7B writer runs tensor parallel over its one GPU, not the Mixtral sampler's 4; plan reads the same."""
+    cfg = load_config(W2S)
+    specs = role_specs(cfg)
+    writer, policy = specs["writer"], specs["policy"]
+    assert writer.resources.num_gpus == 1 and writer.engine.tensor_parallel_size == 1
+    assert writer.engine.dtype == "bfloat16" and writer.engine.max_model_len == 4096
+    assert writer.sampler.replicas == 1 and writer.resources.custom == {"sami_writer": 1}
+    assert policy.engine.tensor_parallel_size == 4 == policy.resources.num_gpus
+    detail = {r.role: r.detail for r in _plan(W2S).roles}
+    assert detail["writer"]["tensor_parallel"] == 1 and detail["sampler"]["tensor_parallel"] == 4
+    assert [s.name for s in engine_roles(cfg)] == ["policy", "writer"]
 
 
 def test_tldr_is_the_papers_recipe():
@@ -254,6 +271,50 @@ def test_aws_worker_types_offer_what_plan_needs():
         assert gpus["ray.worker.sampler"] >= cfg_job.sampler.engine.tensor_parallel_size, path.name
         assert gpus["ray.worker.sampler"] * maxw["ray.worker.sampler"] >= need["sampler"], path.name
         assert gpus["ray.worker.writer"] * maxw["ray.worker.writer"] >= need.get("writer", 0), path.name
+
+
+def _aws_custom() -> dict[str, dict[str, float]]:
+    """role -> the custom resources of its AWS node type (ray.worker.<role>)."""
+    types = yaml.safe_load(AWS.read_text())["available_node_types"]
+    return {name.removeprefix("ray.worker."): {k: float(v) for k, v in t.get("resources", {}).items()
+                                               if k not in ("CPU", "GPU", "memory", "object_store_memory")}
+            for name, t in types.items() if name.startswith("ray.worker.")}
+
+
+def _kuberay_custom() -> dict[str, dict[str, float]]:
+    """role -> the custom resources its KubeRay worker group starts Ray with (rayStartParams.resources)."""
+    out = {}
+    for g in _kind("RayCluster")["spec"]["workerGroupSpecs"]:
+        raw = g.get("rayStartParams", {}).get("resources", "{}")
+        out[g["groupName"]] = {k: float(v) for k, v in json.loads(json.loads(raw) if raw.startswith('"') else raw
+                                                                   ).items()}
+    return out
+
+
+@pytest.mark.parametrize("path", GPU_CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("cluster", ["aws", "kuberay"])
+def test_gpu_job_requests_the_custom_resources_its_node_types_have(path, cluster):
+    """Each role of a GPU job asks for its node type's custom resource (sami_writer, sami_sampler, sami_trainer),
+    no more than one node offers, and as much as its GPUs: the role lands only on the nodes meant for it."""
+    cfg = load_config(path)
+    nodes = _aws_custom() if cluster == "aws" else _kuberay_custom()
+    roles = {s.name: s.resources for s in engine_roles(cfg)}
+    roles = {"sampler" if name == "policy" else name: res for name, res in roles.items()}
+    roles["trainer"] = cfg.resources.trainer
+    for role, res in roles.items():
+        assert res.custom, f"{path.name}: resources.{role}.custom names no node type"
+        assert role in nodes, f"{cluster} has no node type for {role}"
+        for name, amount in res.custom.items():
+            assert name in nodes[role], f"{path.name}: resources.{role}.custom.{name}: {cluster}'s {role} node lacks it"
+            assert amount <= nodes[role][name], f"{path.name}: resources.{role}.custom.{name} = {amount}"
+            assert amount == res.num_gpus, f"{path.name}: resources.{role}: one {name} per GPU"
+    assert not cfg.resources.trainer.custom.keys() & cfg.resources.sampler.custom.keys()
+
+
+def test_the_cpu_demo_requests_no_custom_resources():
+    cfg = load_config(JOBS / "demo.yaml")
+    assert not any(r.custom for r in (cfg.resources.writer, cfg.resources.sampler, cfg.resources.trainer,
+                                      cfg.resources.judge))
 
 
 def test_aws_nodes_use_instance_roles_the_image_and_token_auth():

@@ -208,7 +208,7 @@ def test_start_writer_names_the_actor_and_asks_for_its_resources(monkeypatch):
     kw = seen["options"]
     assert re.fullmatch(r"sami-writer-[0-9a-f]{6}", kw.pop("name"))
     assert kw == {"num_cpus": 2, "num_gpus": 1, "runtime_env": {"env_vars": {"A": "1"}}}
-    assert seen["args"] == ("/models/x", opts, "hf")
+    assert seen["args"] == ("/models/x", opts, "hf", "auto", None, None)
     w.start_writer("/m", opts, RoleResources(), name="mine")
     assert seen["options"]["name"] == "mine" and "runtime_env" not in seen["options"]
 
