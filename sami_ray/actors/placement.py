@@ -77,3 +77,11 @@ def strategy(pg, index: int):
 
     return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index,
                                             placement_group_capture_child_tasks=True)
+
+
+def on_this_node(role: str, err: UserError) -> UserError:
+    """The same mistake, saying which role met it on which node (a node's own disk, cache and network differ)."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    return UserError(f"{role} on node {ray.util.get_node_ip_address()} ({node[:12]}): {err}")

@@ -8,6 +8,7 @@ batch was redone, samples the same answers.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections import deque
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from ..config import EngineOptions, RoleResources, SamplerConfig
 from ..engines.base import Generation, SamplingSpec, prompt_seeds
 from ..errors import UserError
 from ..progress import Progress
-from .placement import reserve, strategy
+from .placement import on_this_node, reserve, strategy
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,10 @@ class PolicySampler:
 
         # The model is resolved here, on this replica's node (its own cache), never on the driver's disk.
         self.storage = storage
-        path = resolve_model_path(model, gguf_file, storage=storage)
+        try:
+            path = resolve_model_path(model, gguf_file, storage=storage)
+        except UserError as e:
+            raise on_this_node("sampler replica", e) from None
         self.engine = make_engine(str(path), backend, EngineOptions(**options))
         self.engine.version = version  # a replacement replica starts on the pool's current weights
         self.calls = 0
@@ -59,7 +63,11 @@ class PolicySampler:
     def load_weights(self, model: str) -> int:
         from ..models import resolve_model_path
 
-        return self.engine.load_weights(str(resolve_model_path(model, storage=self.storage)))
+        try:
+            path = resolve_model_path(model, storage=self.storage)
+        except UserError as e:
+            raise on_this_node("sampler replica", e) from None
+        return self.engine.load_weights(str(path))
 
 
 class SamplerPool:
@@ -229,8 +237,13 @@ class SamplerPool:
             pass
 
 
-def _short(e: BaseException, limit: int = 300) -> str:
-    text = str(e).strip().splitlines()
+def _short(e: BaseException, limit: int = 600) -> str:
+    """The first line of an error; for a replica whose __init__ raised, the exception it raised (the last line of
+    the traceback Ray carries as text), without the type when it is a user's mistake."""
+    text = [line for line in str(e).strip().splitlines() if line.strip()]
+    if getattr(e, "actor_init_failed", False) and text:
+        last = text[-1].strip()
+        return re.sub(r"^sami_ray\.errors\.\w+: ", "", last)[:limit]
     return (text[0] if text else type(e).__name__)[:limit]
 
 

@@ -13,9 +13,11 @@ from typing import Any
 import ray
 
 from ..config import EngineOptions, RoleResources
+from ..errors import UserError
 from ..sami.constitutions import Principle, PrincipleSet
 from ..sami.prompts import chat_tokenizer_for
 from ..sami.writer import PrincipleWriterCore
+from .placement import on_this_node
 
 __all__ = ["PrincipleWriter", "PrincipleWriterCore", "start_writer"]
 
@@ -32,7 +34,11 @@ class PrincipleWriter:
         from ..models import resolve_model_path
 
         # The model is resolved here, on the writer's node (its own cache), never on the driver's disk.
-        engine = make_engine(str(resolve_model_path(model, gguf_file, storage=storage)), backend, engine_options)
+        try:
+            path = resolve_model_path(model, gguf_file, storage=storage)
+        except UserError as e:
+            raise on_this_node("principle writer", e) from None
+        engine = make_engine(str(path), backend, engine_options)
         # Both backends hold the model's tokenizer; prompts go through its chat template per models.writer.
         self.core = PrincipleWriterCore(engine, chat_tokenizer_for(chat_template, engine.tokenizer,
                                                                    "models.writer.chat_template"))

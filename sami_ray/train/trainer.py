@@ -61,6 +61,21 @@ def _read_examples(path: str) -> list[dict[str, Any]]:
 HEAD_NODE = "node:__internal_head__"  # a resource only the head node has
 
 
+def _fit(trainer: Any) -> Any:
+    """`trainer.fit()`, where a user's mistake found on a worker (a model that cannot be had, bad data) ends as
+    that one UserError, naming the worker, instead of a worker group's traceback."""
+    from ray.train import WorkerGroupError
+
+    try:
+        return trainer.fit()
+    except WorkerGroupError as e:
+        mistakes = {rank: err for rank, err in e.worker_failures.items() if isinstance(err, UserError)}
+        if not mistakes:
+            raise
+        rank, err = min(mistakes.items())
+        raise UserError(f"trainer worker {rank}: {err}") from None
+
+
 def train(examples_path: str, init_model_path: str, ref_model_path: str | None, trainer_cfg: TrainerConfig,
           output_dir: str, storage_path: str, storage_filesystem: Any = None, run_name: str = "train",
           resources: RoleResources | None = None, seed: int = 0,
@@ -111,7 +126,7 @@ def train(examples_path: str, init_model_path: str, ref_model_path: str | None, 
     t0 = time.perf_counter()
     try:
         require_custom("trainer", resources, trainer_cfg.num_workers)  # Ray Train would wait for them forever
-        result = trainer.fit()
+        result = _fit(trainer)
         metrics = ray.get(sink.all.remote())
     finally:
         ray.kill(sink)

@@ -128,6 +128,6 @@ def test_load_weights_reaches_every_replica(pool, models):
 def test_a_replica_that_cannot_start_is_reported(cluster, tmp_path):
     bad = tmp_path / "not-a-model"
     bad.mkdir()
-    with pytest.raises(Exception, match="not-a-model"):
+    with pytest.raises(Exception, match=r"sampler replica on node [\d.]+ \(\w+\): model .*not-a-model"):
         SamplerPool(str(bad), SamplerConfig(replicas=1, engine=ENGINE), RoleResources(num_cpus=1),
                     runtime_env=runtime_env())
