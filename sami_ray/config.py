@@ -462,6 +462,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             text = p.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"config file {p} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {p} is a folder; name a YAML file") from None
         except UnicodeDecodeError:
             raise ConfigError(f"config file {p} is not UTF-8 text") from None
         try:

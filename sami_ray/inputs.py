@@ -38,6 +38,9 @@ def load_run_queries(cfg: QueriesConfig) -> list[Query]:
         path, fmt = _builtin_source(cfg.source.removeprefix("builtin:"))
     else:
         path, fmt = Path(cfg.source).expanduser(), cfg.format
+        if path.is_dir() and fmt != "hf":
+            raise ConfigError(f"task.queries.source: {path} is a folder; name a queries file in it (or set "
+                              "task.queries.format: hf for a saved datasets folder)")
     return load_queries(path, fmt if cfg.format == "auto" else cfg.format, text_field=cfg.text_field,
                         id_field=cfg.id_field, category_field=cfg.category_field, split=cfg.split,
                         limit=cfg.limit)
@@ -55,6 +58,8 @@ def split_queries(queries: list[Query], held_out: int, seed: int) -> tuple[list[
 def _principles_from_file(path: Path) -> list[Principle]:
     if not path.exists():
         raise ConfigError(f"constitutions.file: {path} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"constitutions.file: {path} is a folder; name a principles file (JSON or YAML) in it")
     text = path.read_text(encoding="utf-8")
     try:
         data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)

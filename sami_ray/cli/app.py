@@ -54,9 +54,7 @@ def run(config: ConfigArg = None, overrides: Overrides = None,
 
     _setup_logging(verbose)
     path, rest = _split_config_and_overrides(config, overrides)
-    if path is None and not rest:
-        path = str(demo_config_path())
-    cfg = load_config(path, rest)
+    cfg = load_config(path or str(demo_config_path()), rest)  # overrides alone tweak the embedded demo
     r = Run.start(cfg, run_id=run_id, progress=_say)
     _say(f"run: {r.store.uri}")
     summary = r.execute()

@@ -111,3 +111,39 @@ def test_principles_file_formats(tmp_path):
     broken.write_text("{nope")
     with pytest.raises(ConfigError, match="cannot be parsed"):
         seed_principles(load_config(None, [f"constitutions.file={broken}"]).constitutions)
+
+
+def test_a_folder_where_a_file_belongs_is_named_with_its_field(tmp_path):
+    from sami_ray.config import QueriesConfig
+    from sami_ray.inputs import load_run_queries
+
+    with pytest.raises(ConfigError, match="constitutions.file: .* is a folder"):
+        seed_principles(load_config(None, [f"constitutions.file={tmp_path}"]).constitutions)
+    with pytest.raises(ConfigError, match="task.queries.source: .* is a folder"):
+        load_run_queries(QueriesConfig(source=str(tmp_path)))
+    with pytest.raises(ConfigError, match="config file .* is a folder"):
+        load_config(tmp_path)
+
+
+def test_overrides_without_a_config_tweak_the_embedded_demo(monkeypatch):
+    import importlib
+
+    from sami_ray.config import demo_config_path
+
+    commands = importlib.import_module("sami_ray.cli.app")  # the module; `sami_ray.cli.app` is also the Typer app
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_start(cfg, run_id=None, progress=None):
+        seen["cfg"] = cfg
+        raise Stop
+
+    monkeypatch.setattr("sami_ray.driver.Run.start", fake_start)
+    with pytest.raises(Stop):
+        commands.run(None, ["trainer.lr=1e-5"])
+    demo = load_config(demo_config_path())
+    assert seen["cfg"].trainer.lr == 1e-5
+    assert seen["cfg"].constitutions == demo.constitutions and seen["cfg"].models == demo.models
