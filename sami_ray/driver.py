@@ -10,9 +10,8 @@ import logging
 from collections.abc import Callable
 
 from .config import RunConfig
-from .progress import timer
 from .roles import Roles
-from .stages import RunSummary, StageLoop
+from .stages import RunSummary, StageLoop, stage_timer
 from .storage.run import RunStore
 
 log = logging.getLogger("sami_ray.driver")
@@ -23,8 +22,9 @@ class Run:
         self.cfg, self.store = cfg, store
         self.say = progress or log.info
         self.timings: dict[str, float] = {}
-        self.roles = Roles(cfg, timed=timer(self.timings, self.say))
-        self.loop = StageLoop(cfg, store, self.roles, self.say, self.timings)
+        timed = stage_timer(self.timings, self.say, store.run_id)  # roles' start-ups are timed as stages are
+        self.roles = Roles(cfg, timed=timed)
+        self.loop = StageLoop(cfg, store, self.roles, self.say, self.timings, timed)
 
     @classmethod
     def start(cls, cfg: RunConfig, run_id: str | None = None, progress: Callable[[str], None] | None = None) -> Run:

@@ -25,13 +25,13 @@ from typing import Any
 from . import metrics
 from .config import RunConfig
 from .errors import CorruptStageError, UserError
+from .evaluate.policy import sampling_from
 from .inputs import load_run_queries, seed_principles, split_queries
 from .models import require_safetensors, resolve_model_path
 from .progress import timer
 from .roles import writes_principles
 from .sami.constitutions import PrincipleSet, constitutions_per_query
 from .sami.data import Query, ResponseFilter, SamiExample, save_examples
-from .sami.sampling import SamplingSpec
 from .sami.seeds import derive_seed
 from .storage.run import RunStore, StageDiscarded, stage_key
 
@@ -48,22 +48,20 @@ class RunSummary:
     final_model: str | None = None
 
 
-def sampling_spec(sampler_cfg: Any, n: int = 1) -> SamplingSpec:
-    """The sampler config's settings as the one sampling shape (per-prompt seeds are passed beside it)."""
-    return SamplingSpec(n=n, temperature=sampler_cfg.temperature, top_p=sampler_cfg.top_p,
-                        max_tokens=sampler_cfg.max_tokens, stop=list(sampler_cfg.stop))
+def stage_timer(timings: dict[str, float], say: Callable[[str], None], run_id: str) -> Callable[..., Any]:
+    """Times stages into `timings`, says each time, and sets the dashboard's stage seconds."""
+    return timer(timings, say, lambda name, dt: metrics.record("sami_stage_seconds", dt, run_id, stage=name))
 
 
 class StageLoop:
     """Walks the stages of one run. `roles` has the shape of `roles.Roles`; `say` prints progress lines."""
 
     def __init__(self, cfg: RunConfig, store: RunStore, roles: Any, say: Callable[[str], None] | None = None,
-                 timings: dict[str, float] | None = None):
+                 timings: dict[str, float] | None = None, timed: Callable[..., Any] | None = None):
         self.cfg, self.store, self.roles = cfg, store, roles
         self.say = say or log.info
         self.timings = timings if timings is not None else {}
-        self.timed = timer(self.timings, self.say, lambda name, dt: metrics.record(
-            "sami_stage_seconds", dt, store.run_id, stage=name))
+        self.timed = timed or stage_timer(self.timings, self.say, store.run_id)
         store.on_discard = self._count_discard
 
     def _count_discard(self, stage: str, err: Exception) -> None:
@@ -79,20 +77,22 @@ class StageLoop:
         node's copy is shared with the replicas here); a local store is one disk, so its verified copy's path."""
         if stage is None:
             return None
+        if self.store.is_local:
+            folder = self.store.fetch(stage)  # a corrupt stage is discarded by the fetch itself
+            if folder is None:
+                self._discarded(stage)
+            return str(require_safetensors(folder))
         try:
-            if self.store.is_local:
-                folder = self.store.fetch(stage)
-                if folder is None:
-                    raise CorruptStageError(f"{self.store.url(stage)} does not match its manifest")
-                return str(require_safetensors(folder))
             resolve_model_path(self.store.url(stage), storage=self.cfg.storage)
-            return self.store.url(stage)
         except CorruptStageError as e:
-            if not self.store.is_local:  # a local store's fetch has discarded it already
-                self._count_discard(stage, e)
-                self.store.discard(stage)
-            self.roles.forget_policy_weights()  # the stage will hold other weights once recomputed
-            raise StageDiscarded(stage, self.store.uri) from None
+            self._count_discard(stage, e)
+            self.store.discard(stage)
+            self._discarded(stage)
+        return self.store.url(stage)
+
+    def _discarded(self, stage: str) -> None:
+        self.roles.forget_policy_weights()  # the stage will hold other weights once recomputed
+        raise StageDiscarded(stage, self.store.uri) from None
 
     def policy(self, stage: str | None):
         return self.roles.policy(self.model_ref(stage))
@@ -141,7 +141,7 @@ class StageLoop:
         prompts = [[self.roles.render(con.text, q.text) for con in cons] for q, cons in plan]
         seeds = [derive_seed(self.cfg.run.seed, "sample", self.cfg.sampler.seed, k, q.id, j)
                  for q, cons in plan for j in range(len(cons))]
-        flat = self.policy(model_stage).generate([p for ps in prompts for p in ps], sampling_spec(self.cfg.sampler),
+        flat = self.policy(model_stage).generate([p for ps in prompts for p in ps], sampling_from(self.cfg.sampler),
                                                  seeds)
         filt = ResponseFilter.from_config(self.cfg.sampler.filters)
         kept, dropped, at = [], {}, 0

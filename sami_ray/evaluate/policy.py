@@ -30,7 +30,7 @@ def sampling_from(sampler_cfg: object | None, n: int = 1) -> SamplingSpec:
     if sampler_cfg is None:
         return SamplingSpec(n=n)
     return SamplingSpec(n=n, temperature=float(sampler_cfg.temperature), top_p=float(sampler_cfg.top_p),
-                        max_tokens=int(sampler_cfg.max_tokens), stop=list(getattr(sampler_cfg, "stop", [])))
+                        max_tokens=int(sampler_cfg.max_tokens), stop=list(sampler_cfg.stop))
 
 
 def generate_texts(policy: Policy, prompts: list[str], spec: SamplingSpec, seed: int, keys: list | None = None

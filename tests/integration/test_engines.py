@@ -9,16 +9,10 @@ import pytest
 from sami_ray.config import EngineOptions
 from sami_ray.engines import SamplingSpec, make_engine
 from sami_ray.sami.seeds import derive_seed
-from tests.support.tiny_models import max_score_diff, tiny_model
+from tests.support.tiny_models import max_score_diff
 
 FP32 = EngineOptions(dtype="float32", kv_cache_gb=0.25)
 PROMPTS = ["How do I bake bread?", "How can I fix a bike tire?", "How do I save money?"]
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return tiny_model(root / "a", seed=0), tiny_model(root / "b", seed=1)
 
 
 @pytest.fixture(scope="module")

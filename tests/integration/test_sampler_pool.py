@@ -16,7 +16,7 @@ from sami_ray.config import RoleResources, SamplerConfig
 from sami_ray.engines import SamplingSpec, make_engine
 from sami_ray.runtime import runtime_env
 from sami_ray.sami.seeds import derive_seed
-from tests.support.tiny_models import max_score_diff, tiny_model
+from tests.support.tiny_models import max_score_diff
 
 pytestmark = pytest.mark.slow
 
@@ -25,12 +25,6 @@ SPEC = SamplingSpec(n=2, temperature=1.0, top_p=1.0, max_tokens=8, seed=11)
 ITEMS = [(f"q{i}::{j}", f"Question {i}: how do I do task number {i}? Style {j}.") for i in range(20) for j in range(2)]
 PROMPTS = [p for _, p in ITEMS]
 SEEDS = [derive_seed(SPEC.seed, i) for i, _ in ITEMS]
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return tiny_model(root / "a", seed=0), tiny_model(root / "b", seed=1)
 
 
 @pytest.fixture(scope="module")

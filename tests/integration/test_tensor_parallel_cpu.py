@@ -23,7 +23,6 @@ from sami_ray.actors.sampler import PolicySampler
 from sami_ray.config import EngineOptions, RoleResources
 from sami_ray.engines import SamplingSpec
 from sami_ray.runtime import runtime_env
-from tests.support.tiny_models import tiny_model
 
 
 def _has_cuda() -> bool:
@@ -89,12 +88,6 @@ class TPReplica:
 
     def backend(self) -> str:
         return self.llm.llm_engine.vllm_config.parallel_config.distributed_executor_backend
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return tiny_model(root / "a", seed=0), tiny_model(root / "b", seed=1)
 
 
 @pytest.fixture(scope="module")

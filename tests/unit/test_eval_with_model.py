@@ -197,7 +197,7 @@ def test_evaluate_iteration_end_to_end(tiny, tmp_path):
     cfg = EvaluationConfig(seeds=[0, 1], sample_answers=1, gsm8k_k=2, judge=JudgeConfig(kind="local"))
 
     class Sampler:
-        temperature, top_p, max_tokens = 1.0, 0.95, 12
+        temperature, top_p, max_tokens, stop = 1.0, 0.95, 12, []
 
     reports = []
     for it in (0, 1):

@@ -126,7 +126,7 @@ def test_a_degenerate_iteration_stops_the_run_when_told_to(tmp_path):
     assert not store.is_committed("iter-0003/samples")
 
 
-def test_the_run_store_alone_spells_the_layout(tmp_path):
+def test_the_run_store_redacts_secrets_and_names_missing_or_taken_runs(tmp_path):
     cfg = make_cfg(tmp_path, storage__access_key_id="AKIDSECRET")
     store = RunStore.create(cfg, "r", cache_dir=tmp_path / "c1")
     text = store.store.get_bytes("config.yaml").decode()
