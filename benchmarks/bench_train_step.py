@@ -22,33 +22,56 @@ import statistics
 import time
 
 
-def _build(args):
-    import torch
-    from transformers import MixtralConfig, MixtralForCausalLM
+def mixtral_config(*, vocab: int, hidden: int, layers: int, intermediate: int | None = None, experts: int = 4,
+                   top_k: int = 2, heads: int | None = None, kv_heads: int | None = None):
+    """A Mixtral config; unset sizes follow this benchmark's small shape (head size 64, 2 query heads per KV head)."""
+    from transformers import MixtralConfig
 
-    torch.manual_seed(0)
-    config = MixtralConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 2,
-                           num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64,
-                           num_key_value_heads=max(1, args.hidden // 128), num_local_experts=4,
-                           num_experts_per_tok=2, max_position_embeddings=2048, tie_word_embeddings=False)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    model = MixtralForCausalLM(config).to(device=args.device, dtype=dtype)
+    return MixtralConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate or hidden * 2,
+                         num_hidden_layers=layers, num_attention_heads=heads or hidden // 64,
+                         num_key_value_heads=kv_heads or max(1, hidden // 128), num_local_experts=experts,
+                         num_experts_per_tok=top_k, max_position_embeddings=4096, tie_word_embeddings=False)
+
+
+def build_model(config, device: str, dtype: str, seed: int = 0):
+    """Random weights, made on `device` in `dtype` (a large model never passes through host memory in fp32)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     model.train()
     return model
 
 
-def _batch(args):
+def random_example(*, n: int, prompt_tokens: int, response_tokens: int, vocab: int, seed: int = 0):
+    """One query's N prompts and N responses of random ids, lengths jittered by up to 15 tokens (at least 2)."""
     from sami_ray.sami.data import TokenizedExample
 
-    rng = random.Random(args.seed)
-    prompts = [[rng.randrange(4, args.vocab) for _ in range(args.prompt_tokens + rng.randint(-15, 15))]
-               for _ in range(args.n)]
-    responses = [[rng.randrange(4, args.vocab) for _ in range(args.response_tokens + rng.randint(-15, 15))]
-                 for _ in range(args.n)]
-    return [TokenizedExample(prompts, responses)]
+    rng = random.Random(seed)
+    jitter = min(15, prompt_tokens // 4, response_tokens // 4)
+
+    def ids(length: int) -> list[int]:
+        return [rng.randrange(4, vocab) for _ in range(max(2, length + rng.randint(-jitter, jitter)))]
+
+    prompts = [ids(prompt_tokens) for _ in range(n)]
+    responses = [ids(response_tokens) for _ in range(n)]
+    return TokenizedExample(prompts, responses)
 
 
-def _peak_reset(device: str) -> float:
+def _build(args):
+    config = mixtral_config(vocab=args.vocab, hidden=args.hidden, layers=args.layers)
+    return build_model(config, args.device, args.dtype)
+
+
+def _batch(args):
+    return [random_example(n=args.n, prompt_tokens=args.prompt_tokens, response_tokens=args.response_tokens,
+                           vocab=args.vocab, seed=args.seed)]
+
+
+def peak_reset(device: str) -> float:
+    """Start a new peak-memory window; returns the memory in use now (MiB)."""
     import torch
 
     if device == "cuda":
@@ -60,7 +83,8 @@ def _peak_reset(device: str) -> float:
     return _status_kb("VmRSS") / 1024
 
 
-def _peak_read(device: str) -> float:
+def peak_read(device: str) -> float:
+    """The peak since `peak_reset` (MiB): CUDA max allocated, or the RSS high-water mark on CPU."""
     import torch
 
     if device == "cuda":
@@ -95,13 +119,13 @@ def _measure(impl: str, args, queue) -> None:
     step()  # warm-up: allocator, kernels, and the .grad buffers, which both implementations need alike
     times, peaks = [], []
     for _ in range(args.steps):
-        base = _peak_reset(args.device)
+        base = peak_reset(args.device)
         t0 = time.perf_counter()
         out = step()
         if args.device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-        peaks.append(_peak_read(args.device) - base)
+        peaks.append(peak_read(args.device) - base)
         del out
     queue.put((impl, times, peaks))
 
