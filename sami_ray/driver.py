@@ -23,7 +23,7 @@ class Run:
         self.say = progress or log.info
         self.timings: dict[str, float] = {}
         timed = stage_timer(self.timings, self.say, store.run_id)  # roles' start-ups are timed as stages are
-        self.roles = Roles(cfg, timed=timed)
+        self.roles = Roles(cfg, timed=timed, run_id=store.run_id)
         self.loop = StageLoop(cfg, store, self.roles, self.say, self.timings, timed)
 
     @classmethod

@@ -4,8 +4,11 @@ sampler batches move to a fresh replica).
 `SAMI_RAY_TEST_FAULTS='{"train_exit": {"rank": 1, "step": 3, "marker": "/tmp/x", "delay_s": 3}}'` makes rank 1
 exit hard after optimizer step 3 (and `delay_s` seconds), unless the marker file exists; the marker is written
 first, so it happens once per marker. `{"sampler_exit": {"call": 2, "marker": "/tmp/y"}}` makes a sampler replica
-exit hard in the middle of its second `generate` call (without "call": of any call made while the marker is absent). The delay lets Ray Train's controller register the checkpoints already
-reported: it polls workers periodically, and a checkpoint reported just before a crash may otherwise be dropped.
+exit hard in the middle of its second `generate` call (without "call": of any call made while the marker is
+absent). The delay lets Ray Train's controller register the checkpoints already reported: it polls workers
+periodically, and a checkpoint reported just before a crash may otherwise be dropped.
+`{"trace_examples": {"dir": "/tmp/t"}}` makes every training rank append "step<TAB>query id" lines of what it
+trains on to dir/rank-<r>.tsv, so a test can see which examples each worker saw, before and after a restart.
 """
 
 from __future__ import annotations
@@ -47,3 +50,10 @@ def maybe_exit_sampler(call: int) -> None:
     spec = _spec("sampler_exit")
     if spec and (spec.get("call") is None or int(spec["call"]) == call):
         _exit_once(spec, f"sampler replica exited in generate call {call}")
+
+
+def trace_examples(rank: int, step: int, ids: list[str]) -> None:
+    spec = _spec("trace_examples")
+    if spec:
+        with open(Path(spec["dir"]) / f"rank-{rank}.tsv", "a", encoding="utf-8") as f:
+            f.writelines(f"{step}\t{i}\n" for i in ids)

@@ -102,11 +102,33 @@ class ChatFramed:
         self.pool.shutdown()
 
 
+class StepProgress:
+    """The driver's progress line of a training stage, fed with rank 0's latest step (steps may repeat or go back
+    after a worker restart; the bar shows the furthest)."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.done = 0
+
+    def __call__(self, step: dict[str, Any]) -> None:
+        from .progress import Progress
+
+        if self.bar is None:
+            self.bar = Progress("training", int(step["total_steps"]), unit="step")
+        if step["step"] > self.done:
+            self.bar.update(step["step"] - self.done)
+            self.done = step["step"]
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 class Roles:
     """The Ray-side parts of one run. `timed(name, fn, *args)` reports how long starting each one took."""
 
-    def __init__(self, cfg: RunConfig, timed: Callable[..., Any] | None = None):
-        self.cfg = cfg
+    def __init__(self, cfg: RunConfig, timed: Callable[..., Any] | None = None, run_id: str = ""):
+        self.cfg, self.run_id = cfg, run_id  # the run id tags the training's dashboard metrics
         self.specs = role_specs(cfg)
         self.timed = timed or (lambda _name, fn, *a, **kw: fn(*a, **kw))
         self._pool = None
@@ -227,12 +249,17 @@ class Roles:
         ensure_ray(self.cfg.resources)
         fs, path = storage
         base = self.specs["policy"].model
-        return train(examples_path=str(examples_path), init_model_path=init_model or base.path,
-                     init_gguf_file=None if init_model else base.gguf_file,
-                     ref_model_path=base.path if self.cfg.trainer.beta > 0 else None, ref_gguf_file=base.gguf_file,
-                     model_storage=self.cfg.storage, trainer_cfg=self.cfg.trainer, output_dir=str(output_dir),
-                     storage_path=path, storage_filesystem=fs, run_name="train",
-                     resources=self.cfg.resources.trainer, seed=seed, max_prompt_tokens=self.cfg.task.max_prompt_tokens)
+        progress = StepProgress()
+        try:
+            return train(examples_path=str(examples_path), init_model_path=init_model or base.path,
+                         init_gguf_file=None if init_model else base.gguf_file,
+                         ref_model_path=base.path if self.cfg.trainer.beta > 0 else None,
+                         ref_gguf_file=base.gguf_file, model_storage=self.cfg.storage, trainer_cfg=self.cfg.trainer,
+                         output_dir=str(output_dir), storage_path=path, storage_filesystem=fs, run_name="train",
+                         resources=self.cfg.resources.trainer, seed=seed,
+                         max_prompt_tokens=self.cfg.task.max_prompt_tokens, run_id=self.run_id, on_step=progress)
+        finally:
+            progress.close()
 
     # ------------------------------------------------------------ lifetime
 

@@ -263,10 +263,11 @@ class CheckpointStore:
 
     def prune(self, run_rel: str, pattern: str, keep_last: int | None = None) -> list[str]:
         """Keep the last K folders under `run_rel` matching `pattern` (path components, shell-style, natural
-        order); returns the deleted folders relative to `run_rel`. K defaults to storage.keep_last_checkpoints."""
+        order; K = 0 keeps none); returns the deleted folders relative to `run_rel`. K defaults to
+        storage.keep_last_checkpoints."""
         keep = self._keep_last if keep_last is None else keep_last
-        if keep < 1:
-            raise StoreError(f"{self.uri}: keep_last must be at least 1, not {keep}")
+        if keep < 0:
+            raise StoreError(f"{self.uri}: keep_last must be 0 or more, not {keep}")
         run = norm_key(run_rel)
         pat = norm_key(pattern).split("/")
         strip = len(run) + 1 if run else 0
@@ -275,7 +276,8 @@ class CheckpointStore:
             parts = key[strip:].split("/")
             if len(parts) > len(pat) and all(fnmatchcase(p, q) for p, q in zip(parts, pat, strict=False)):
                 folders.add("/".join(parts[:len(pat)]))
-        doomed = sorted(folders, key=natural_key)[:-keep]
+        ordered = sorted(folders, key=natural_key)
+        doomed = ordered[:-keep] if keep else ordered
         for folder in doomed:
             self.delete_prefix(join(run, folder))
         if doomed:

@@ -1,7 +1,10 @@
 """The driver's entry to training: launch a Ray Train worker group, collect its metrics, fetch the exported model.
 
-The exported model travels back through the run's checkpoint storage (the last checkpoint rank 0 reports), so
-it reaches the driver's `output_dir` wherever the workers ran.
+The examples reach the workers as a Ray Data dataset read from the samples file on the driver's node (a run of
+100,000 queries is never one task argument); every worker keeps and tokenises only its own shard (data_stream).
+Rank 0 streams each step's statistics to a metrics actor that the driver polls for its progress line. The exported
+model travels back through the run's checkpoint storage (the last checkpoint rank 0 reports), so it reaches the
+driver's `output_dir` wherever the workers ran.
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +22,7 @@ from typing import Any
 from ..atomic import atomic_folder
 from ..config import RoleResources, TrainerConfig
 from ..errors import DataError, UserError
-from ..sami.data import load_examples
+from ..sami.data import SamiExample, read_jsonl
 from . import checkpoint as ckpt
 
 
@@ -29,33 +34,106 @@ class TrainResult:
 
 
 class _MetricsSink:
-    """Collects rank 0's reports; a restarted group re-reports some steps, the latest report of a step wins."""
+    """Rank 0's per-step statistics and its reports. A restarted group re-sends some steps; the latest one wins."""
 
     def __init__(self) -> None:
         self.by_step: dict[int, dict[str, Any]] = {}
+        self.last_step: dict[str, Any] | None = None
 
     def add(self, metrics: dict[str, Any]) -> None:
         self.by_step[int(metrics["step"])] = metrics
+
+    def add_step(self, stats: dict[str, Any]) -> None:
+        self.last_step = stats
+
+    def latest_step(self) -> dict[str, Any] | None:
+        return self.last_step
 
     def all(self) -> list[dict[str, Any]]:
         return [self.by_step[k] for k in sorted(self.by_step)]
 
 
-def _read_examples(path: str) -> list[dict[str, Any]]:
-    examples = load_examples(path)
-    if not examples:
-        raise DataError(f"{path}: no SAMI examples to train on")
-    n = examples[0].n
-    for k, ex in enumerate(examples, 1):
+def _check_examples(path: str) -> int:
+    """Validate the samples file line by line, keeping nothing, and return its number of examples (the workers
+    read their own shards of it)."""
+    count, n = 0, None
+    for k, row in enumerate(read_jsonl(path), 1):
+        try:
+            ex = SamiExample.from_dict(row)
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{path}: example {k} is not a SAMI example ({e})") from None
         if ex.n < 2:
             raise DataError(f"{path}: example {k} (query {ex.query.id}) has {ex.n} constitutions; SAMI needs N >= 2")
+        n = ex.n if n is None else n
         if ex.n != n:
             raise DataError(f"{path}: example {k} has N = {ex.n}, but example 1 has N = {n}; a run trains one N")
         if len(ex.prompts) != ex.n:
             raise DataError(f"{path}: example {k} (query {ex.query.id}) needs one rendered prompt per constitution")
         if any(not r.strip() for r in ex.responses):
             raise DataError(f"{path}: example {k} (query {ex.query.id}) has an empty response")
-    return [ex.to_dict() for ex in examples]
+        count = k
+    if not count:
+        raise DataError(f"{path}: no SAMI examples to train on")
+    return count
+
+
+def _examples_dataset(path: str) -> Any:
+    """The samples file as a Ray Data dataset of its lines, read on the driver's node: the file is on the driver's
+    disk, which other nodes need not share."""
+    import ray
+    import ray.data
+
+    here = {"ray.io/node-id": ray.get_runtime_context().get_node_id()}  # a label every Ray node carries
+    # No CPU for the read: the worker group holds the CPUs it asked for, and a read waiting for one of them would
+    # wait for ever (reading a text file needs next to none).
+    ds = ray.data.read_text(os.path.abspath(path), num_cpus=0, label_selector=here)
+    ds.context.enable_progress_bars = False  # one file, read once per worker: a bar would only flood the log
+    return ds
+
+
+def _data_config() -> Any:
+    """Every worker streams the lines in file order and keeps its own positions (`data_stream.owns`): a split made
+    by Ray Data is not sure to give a restarted group the same shards, and resume relies on them."""
+    from ray.data import ExecutionOptions
+    from ray.train import DataConfig
+
+    return DataConfig(datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True))
+
+
+class _StepWatcher:
+    """Polls the metrics actor while the worker group trains and hands each new step to `on_step`."""
+
+    def __init__(self, sink: Any, on_step: Callable[[dict[str, Any]], None] | None, every_s: float = 1.0):
+        self.sink, self.on_step, self.every_s = sink, on_step, every_s
+        self._stop = threading.Event()
+        self._seen: int | None = None
+        self._thread = threading.Thread(target=self._run, name="sami-train-steps", daemon=True)
+
+    def __enter__(self) -> _StepWatcher:
+        if self.on_step is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.on_step is not None:
+            self._stop.set()
+            self._thread.join(timeout=15)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._poll()
+        self._poll()  # the last steps
+
+    def _poll(self) -> None:
+        import ray
+
+        try:
+            latest = ray.get(self.sink.latest_step.remote(), timeout=10)
+            if latest is not None and latest["step"] != self._seen:
+                self._seen = latest["step"]
+                self.on_step(latest)  # type: ignore[misc]
+        except Exception:  # a progress line must never break training
+            return
 
 
 HEAD_NODE = "node:__internal_head__"  # a resource only the head node has
@@ -80,13 +158,15 @@ def train(examples_path: str, init_model_path: str, ref_model_path: str | None, 
           output_dir: str, storage_path: str, storage_filesystem: Any = None, run_name: str = "train",
           resources: RoleResources | None = None, seed: int = 0,
           max_prompt_tokens: int | None = None, *, init_gguf_file: str | None = None,
-          ref_gguf_file: str | None = None, model_storage: Any = None) -> TrainResult:
+          ref_gguf_file: str | None = None, model_storage: Any = None, run_id: str = "",
+          on_step: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Train on the SAMI examples in `examples_path` and export the result to `output_dir`; training prompts
     longer than `max_prompt_tokens` are cut from the left (task.max_prompt_tokens).
 
     The init and reference models are anything `models.resolve_model_path` takes (a folder, builtin:, a hub id,
     an s3:// folder such as a committed model stage): every worker resolves them on its own node, reaching S3
-    with `model_storage` (a StorageConfig; None: the standard AWS chain)."""
+    with `model_storage` (a StorageConfig; None: the standard AWS chain). Each optimizer step's statistics go to the
+    dashboard (tagged with `run_id`), to the workers' log, and to `on_step` on the driver."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -95,7 +175,7 @@ def train(examples_path: str, init_model_path: str, ref_model_path: str | None, 
     from .worker import train_loop
 
     resources = resources or RoleResources()
-    rows = _read_examples(examples_path)
+    num_examples = _check_examples(examples_path)
     if trainer_cfg.beta > 0 and ref_model_path is None:
         raise UserError("trainer.beta > 0 needs a reference model (the run's initial model)")
     use_gpu = resources.num_gpus > 0
@@ -105,7 +185,8 @@ def train(examples_path: str, init_model_path: str, ref_model_path: str | None, 
     # take the training's metrics with it.
     sink = ray.remote(num_cpus=0)(_MetricsSink).options(resources={HEAD_NODE: 0.001}).remote()
     config = {
-        "trainer": trainer_cfg.model_dump(mode="json"), "examples": rows, "init_model_path": str(init_model_path),
+        "trainer": trainer_cfg.model_dump(mode="json"), "num_examples": num_examples, "run_id": run_id,
+        "init_model_path": str(init_model_path),
         "ref_model_path": str(ref_model_path) if ref_model_path else None, "seed": seed, "use_gpu": use_gpu,
         "num_cpus": resources.num_cpus, "metrics_sink": sink, "max_prompt_tokens": max_prompt_tokens,
         "init_gguf_file": init_gguf_file, "ref_gguf_file": ref_gguf_file, "model_storage": model_storage,
@@ -116,6 +197,8 @@ def train(examples_path: str, init_model_path: str, ref_model_path: str | None, 
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=config,
+        datasets={"train": _examples_dataset(examples_path)},
+        dataset_config=_data_config(),
         scaling_config=ScalingConfig(num_workers=trainer_cfg.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=timeout_s),
@@ -126,7 +209,8 @@ def train(examples_path: str, init_model_path: str, ref_model_path: str | None, 
     t0 = time.perf_counter()
     try:
         require_custom("trainer", resources, trainer_cfg.num_workers)  # Ray Train would wait for them forever
-        result = _fit(trainer)
+        with _StepWatcher(sink, on_step):
+            result = _fit(trainer)
         metrics = ray.get(sink.all.remote())
     finally:
         ray.kill(sink)

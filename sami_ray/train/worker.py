@@ -8,6 +8,7 @@ DeepSpeed config unset once the engines are initialised (so that building the ex
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -19,7 +20,9 @@ from typing import Any
 
 from .. import faults
 from . import checkpoint as ckpt
-from .data_stream import epoch_at, micro_batch_indices, total_steps
+from .data_stream import epoch_at, micro_batch_indices, owns, total_steps
+
+log = logging.getLogger("sami_ray.train")
 
 STAT_KEYS = ("loss", "sami_loss", "kl", "aux_loss", "row_accuracy", "col_accuracy")
 
@@ -30,6 +33,12 @@ def _process_settings(cfg: Any, num_cpus: float, use_gpu: bool) -> None:
     os.environ["DEEPSPEED_TIMEOUT"] = str(cfg.collective_timeout_min)
     import torch
 
+    if not log.handlers:  # the per-step lines reach the job log whatever the worker's logging setup
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
     # Ray already limits OMP threads to the worker's CPUs; torch's own pool must agree or 2 ranks on 2 cores thrash.
     torch.set_num_threads(max(1, int(num_cpus)))
 
@@ -112,8 +121,11 @@ class _Worker:
     init_path: str
     ref_path: str | None
     pad_id: int
-    examples: list[Any]  # TokenizedExample
+    examples: list[Any]  # TokenizedExample: this rank's shard
+    example_ids: list[str]  # the query id of each example of the shard
+    num_examples: int  # all shards together
     steps: int
+    run_id: str = ""
     engine: Any = None
     ref_engine: Any = None  # only with a reference model and beta > 0
     partition_numel: list[int] = field(default_factory=list)
@@ -151,6 +163,7 @@ def train_loop(config: dict[str, Any]) -> None:
         stats = _train_step(w, progress.step)
         progress.step += 1
         progress.record(stats, w.cfg.report_every)
+        _publish_step(w, progress.step, stats)
         faults.maybe_exit(w.rank, progress.step)
         _maybe_report(w, progress)
         if progress.early_stopped:
@@ -177,11 +190,29 @@ def _setup(config: dict[str, Any]) -> _Worker:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(config["seed"])
     init_path, ref_path = _local_models(config)
-    pad_id, examples = _tokenize(init_path, config["examples"], config.get("max_prompt_tokens"))
-    steps = total_steps(len(examples), epochs=cfg.epochs, max_steps=cfg.max_steps,
+    num_examples = int(config["num_examples"])
+    if num_examples < world:
+        from ..errors import DataError
+
+        raise DataError(f"{num_examples} training examples cannot be shared by trainer.num_workers = {world} workers; "
+                        "lower trainer.num_workers or sample more queries")
+    rows = _my_shard(rank, world)
+    pad_id, examples = _tokenize(init_path, rows, config.get("max_prompt_tokens"))
+    steps = total_steps(num_examples, epochs=cfg.epochs, max_steps=cfg.max_steps,
                         micro_batch=cfg.micro_batch_queries, grad_accum=cfg.grad_accum, world_size=world)
     return _Worker(cfg=cfg, rank=rank, world=world, seed=config["seed"], sink=config.get("metrics_sink"),
-                   init_path=init_path, ref_path=ref_path, pad_id=pad_id, examples=examples, steps=steps)
+                   init_path=init_path, ref_path=ref_path, pad_id=pad_id, examples=examples,
+                   example_ids=[str(r["query"]["id"]) for r in rows], num_examples=num_examples, steps=steps,
+                   run_id=config.get("run_id", ""))
+
+
+def _my_shard(rank: int, world: int) -> list[dict[str, Any]]:
+    """This rank's examples, read from the run's Ray Data stream of the samples file (lines in file order); only
+    its own lines are parsed."""
+    import ray.train
+
+    stream = ray.train.get_dataset_shard("train")
+    return [json.loads(row["text"]) for position, row in enumerate(stream.iter_rows()) if owns(position, rank, world)]
 
 
 def _local_models(config: dict[str, Any]) -> tuple[str, str | None]:
@@ -272,8 +303,9 @@ def _train_step(w: _Worker, step: int) -> dict[str, float]:
     tokens = 0.0
     n = 2
     lr = float(w.engine.get_lr()[0])
+    own_norm = None
     for accum in range(w.cfg.grad_accum):
-        out = _micro_step(w, step, accum)
+        out, own_norm = _micro_step(w, step, accum)
         n = out.n
         for key, value in (("loss", float(out.loss.detach())), ("sami_loss", out.sami_loss), ("kl", out.kl),
                            ("aux_loss", out.aux_loss), ("row_accuracy", out.row_accuracy),
@@ -284,20 +316,23 @@ def _train_step(w: _Worker, step: int) -> dict[str, float]:
     reduced = _all_reduce_mean([sums[k] for k in STAT_KEYS] + [tokens], w.world)
     stats = dict(zip(STAT_KEYS, reduced[:-1], strict=True))
     grad_norm = w.engine.get_global_grad_norm()
+    if grad_norm is None:
+        grad_norm = own_norm
     stats.update(mi_bound=math.log(n) - stats["sami_loss"], tokens_per_s=reduced[-1] * w.world / elapsed,
                  step_time_s=elapsed, lr=lr, grad_norm=float(grad_norm) if grad_norm is not None else float("nan"))
     return stats
 
 
-def _micro_step(w: _Worker, step: int, accum: int) -> Any:
-    """Forward and backward over this rank's share of one micro-batch (DeepSpeed steps on the last)."""
+def _micro_step(w: _Worker, step: int, accum: int) -> tuple[Any, float | None]:
+    """Forward and backward over this rank's micro-batch (DeepSpeed steps on the last). Also the gradient norm
+    where DeepSpeed keeps none (ZeRO stage 0 in fp32: it clips with torch and drops the norm)."""
     import torch
 
     from .step import sami_objective
 
-    idx = micro_batch_indices(step, accum, w.rank, num_examples=len(w.examples),
-                              micro_batch=w.cfg.micro_batch_queries, grad_accum=w.cfg.grad_accum,
-                              world_size=w.world, seed=w.seed)
+    idx = micro_batch_indices(step, accum, w.rank, shard_size=len(w.examples),
+                              micro_batch=w.cfg.micro_batch_queries, grad_accum=w.cfg.grad_accum, seed=w.seed)
+    faults.trace_examples(w.rank, step, [w.example_ids[i] for i in idx])
     batch = [w.examples[i] for i in idx]
     ref_scores = None
     if w.ref_engine is not None:
@@ -307,8 +342,34 @@ def _micro_step(w: _Worker, step: int, accum: int) -> Any:
                          normalization=w.cfg.logprob_normalization, beta=w.cfg.beta,
                          router_aux_coef=w.cfg.router_aux_coef)
     w.engine.backward(out.loss)
+    own_norm = None
+    if w.engine.is_gradient_accumulation_boundary() and not w.engine.zero_optimization() \
+            and not w.engine.bfloat16_enabled():
+        grads = [p.grad for p in w.engine.module.parameters() if p.grad is not None]
+        own_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
     w.engine.step()
-    return out
+    return out, own_norm
+
+
+def _publish_step(w: _Worker, step: int, stats: dict[str, float]) -> None:
+    """Rank 0 shows each optimizer step while training runs: on the dashboard (Ray metrics), in the job log, and
+    to the driver's progress line (through the metrics actor; not awaited)."""
+    if w.rank != 0:
+        return
+    from .. import metrics
+
+    for name, key in (("sami_train_step", None), ("sami_train_loss", "loss"), ("sami_mi_bound", "mi_bound"),
+                      ("sami_train_accuracy", "row_accuracy"), ("sami_tokens_per_second", "tokens_per_s"),
+                      ("sami_train_lr", "lr"), ("sami_train_grad_norm", "grad_norm")):
+        value = step if key is None else stats[key]
+        if math.isfinite(value):
+            metrics.record(name, value, w.run_id, source="train")
+    log.info("train step %d/%d loss %.4f mi %.3f acc %.2f grad_norm %.3g lr %.2g %.0f tok/s", step, w.steps,
+             stats["loss"], stats["mi_bound"], stats["row_accuracy"], stats["grad_norm"], stats["lr"],
+             stats["tokens_per_s"])
+    if w.sink is not None:
+        w.sink.add_step.remote({"step": step, "total_steps": w.steps,
+                                **{k: stats[k] for k in ("loss", "mi_bound", "row_accuracy", "grad_norm")}})
 
 
 def _maybe_report(w: _Worker, p: _Progress) -> None:
@@ -323,7 +384,7 @@ def _maybe_report(w: _Worker, p: _Progress) -> None:
     save_now = p.step % cfg.checkpoint_every == 0 and not last
     if not (p.step % cfg.report_every == 0 or save_now or last):
         return
-    metrics = _window_metrics(p.window, p.step, epoch_at(p.step, num_examples=len(w.examples),
+    metrics = _window_metrics(p.window, p.step, epoch_at(p.step, num_examples=w.num_examples,
                                                          micro_batch=cfg.micro_batch_queries,
                                                          grad_accum=cfg.grad_accum, world_size=w.world))
     metrics["early_stopped"] = p.early_stopped

@@ -53,7 +53,9 @@ def ray_cluster(workdir, fault_marker):
     env = {"DS_ACCELERATOR": "cpu", "DEEPSPEED_TIMEOUT": "1", "TORCH_EXTENSIONS_DIR": str(ext),
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
            "SAMI_RAY_TEST_FAULTS": json.dumps({"train_exit": {"rank": 1, "step": 3, "marker": str(fault_marker),
-                                                            "delay_s": 3}})}
+                                                            "delay_s": 3},
+                                               "trace_examples": {"dir": str(workdir / "trace")}})}
+    (workdir / "trace").mkdir()
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=True)
     yield ext
     ray.shutdown()
@@ -64,20 +66,27 @@ def model_dir() -> Path:
     return tiny_model(kind="mixtral")
 
 
-@pytest.fixture(scope="module")
-def examples_path(workdir, model_dir) -> Path:
+def _write_examples(path: Path, model_dir: Path, copies: int = 1) -> Path:
+    """The two example queries (`copies` times each, with distinct ids) as a samples file."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     rows = []
-    for k, (query, responses) in enumerate(zip(["How do I bake bread?", "How can I fix a bike tire?"], RESPONSES,
-                                               strict=True)):
-        prompts = [tok.apply_chat_template([{"role": "system", "content": c.text}, {"role": "user", "content": query}],
-                                           tokenize=False, add_generation_prompt=True) for c in CONSTITUTIONS]
-        rows.append(SamiExample(Query(f"q{k}", query), CONSTITUTIONS, responses, prompts))
-    path = workdir / "examples.jsonl"
+    for c in range(copies):
+        for k, (query, responses) in enumerate(zip(["How do I bake bread?", "How can I fix a bike tire?"], RESPONSES,
+                                                   strict=True)):
+            prompts = [tok.apply_chat_template([{"role": "system", "content": con.text},
+                                                {"role": "user", "content": query}],
+                                               tokenize=False, add_generation_prompt=True) for con in CONSTITUTIONS]
+            rows.append(SamiExample(Query(f"q{k}" if copies == 1 else f"q{c}-{k}", query), CONSTITUTIONS, responses,
+                                    prompts))
     save_examples(path, rows)
     return path
+
+
+@pytest.fixture(scope="module")
+def examples_path(workdir, model_dir) -> Path:
+    return _write_examples(workdir / "examples.jsonl", model_dir)
 
 
 def _cfg(**kw) -> TrainerConfig:
@@ -172,15 +181,38 @@ def test_export_reloads_in_vllm_with_the_same_logprobs(trained, examples_path):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_killed_worker_restarts_from_checkpoint(ray_cluster, workdir, model_dir, examples_path, fault_marker):
+def _trace(workdir: Path, rank: int) -> list[tuple[int, str]]:
+    lines = (workdir / "trace" / f"rank-{rank}.tsv").read_text().splitlines()
+    return [(int(step), qid) for step, qid in (line.split("\t") for line in lines)]
+
+
+def test_killed_worker_resumes_on_its_own_shard(ray_cluster, workdir, model_dir, fault_marker):
+    """Two workers read disjoint shards of the samples file (through Ray Data) that cover every example once per
+    epoch; after rank 1 is killed, the group resumes from the step-2 checkpoint and trains on what is left, not
+    again on what steps 0 and 1 had trained on."""
+    examples = _write_examples(workdir / "twelve.jsonl", model_dir, copies=6)  # 12 examples: 6 steps = 1 epoch
+    for old in (workdir / "trace").iterdir():
+        old.unlink()
     fault_marker.unlink()  # arm the hook: rank 1 exits once, right after step 3
-    cfg = _cfg(checkpoint_every=2, max_failures=1)
-    result = _train(ray_cluster, workdir, model_dir, examples_path, "killed", cfg)
+    cfg = _cfg(checkpoint_every=2, max_failures=1, epochs=1)
+    result = _train(ray_cluster, workdir, model_dir, examples, "killed", cfg)
     assert fault_marker.exists(), "the fault hook never fired; the test proves nothing"
     assert result.summary["resumed_from"] == 2  # the checkpoint of step 2, not a fresh start
     assert result.summary["steps"] == 6
     assert [m["step"] for m in result.metrics] == [1, 2, 3, 4, 5, 6]
     assert (Path(result.model_dir) / "model.safetensors").exists()
+    final: dict[int, dict[int, str]] = {}
+    for rank in (0, 1):
+        trace = _trace(workdir, rank)
+        steps = [s for s, _ in trace]
+        assert steps.count(0) == 1 and steps.count(1) == 1, f"rank {rank} trained steps 0-1 again: {steps}"
+        assert steps[-4:] == [2, 3, 4, 5]  # the resumed group starts at the checkpoint's step
+        final[rank] = dict(trace)  # a step trained twice reads the same example both times; the last one counts
+        repeats = [(s, q) for s, q in trace if final[rank][s] != q]
+        assert not repeats, f"rank {rank} read other examples after the restart: {repeats}"
+    ids = [[final[rank][s] for s in range(6)] for rank in (0, 1)]
+    assert set(ids[0]).isdisjoint(ids[1])
+    assert sorted(ids[0] + ids[1]) == sorted(f"q{c}-{k}" for c in range(6) for k in range(2))
 
 
 def test_bad_input_is_one_user_error(ray_cluster, workdir, model_dir, examples_path):

@@ -206,8 +206,11 @@ def test_prune_keeps_last_k_train_checkpoints(store, tmp_path):
     assert run.prune(".", "iter-*/train/checkpoint_*", keep_last=1) == [
         "iter-0003/train/checkpoint_1", "iter-0003/train/checkpoint_2", "iter-0010/train/checkpoint_1"]
     assert [k for k in run.list() if "/train/" in k] == ["iter-0010/train/checkpoint_2/shard.pt"]
+    # keep_last = 0 (the default): no training folder outlives the model stage it led to
+    assert RunStore(run, cache_dir=tmp_path / "cache").prune_train_checkpoints(keep_last=0) == ["iter-0010/train"]
+    assert not [k for k in run.list() if "/train/" in k] and len(run.committed_stages()) == 4
     with pytest.raises(StoreError):
-        run.prune(".", "iter-*/train", keep_last=0)
+        run.prune(".", "iter-*/train", keep_last=-1)
 
 
 def test_temp_files_are_invisible_and_cleaned(store, tmp_path):

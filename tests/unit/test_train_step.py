@@ -130,13 +130,15 @@ def test_ds_config_from_trainer_config():
     assert big["zero_optimization"]["stage3_param_persistence_threshold"] > 0
 
 
-def test_data_stream_is_deterministic_and_covers_each_epoch():
-    from sami_ray.train.data_stream import micro_batch_indices, total_steps
+def test_data_stream_shards_are_disjoint_cover_every_example_and_are_deterministic():
+    from sami_ray.train.data_stream import micro_batch_indices, owns, total_steps
 
-    kw = dict(num_examples=10, micro_batch=1, grad_accum=1, world_size=2, seed=7)
+    shards = {r: [pos for pos in range(10) if owns(pos, r, 2)] for r in range(2)}
+    assert set(shards[0]).isdisjoint(shards[1]) and sorted(shards[0] + shards[1]) == list(range(10))
+    kw = dict(shard_size=5, micro_batch=1, grad_accum=1, seed=7)
     assert total_steps(10, epochs=1.0, max_steps=None, micro_batch=1, grad_accum=1, world_size=2) == 5
-    first_epoch = [i for s in range(5) for r in range(2) for i in micro_batch_indices(s, 0, r, **kw)]
-    assert sorted(first_epoch) == list(range(10))
+    for r in range(2):  # one epoch: each rank reads every example of its shard once
+        assert sorted(i for s in range(5) for i in micro_batch_indices(s, 0, r, **kw)) == list(range(5))
     # a restarted worker that resumes at step 3 reads exactly what the first one would have
     assert micro_batch_indices(3, 0, 1, **kw) == micro_batch_indices(3, 0, 1, **kw)
     assert micro_batch_indices(5, 0, 0, **kw) != [] and total_steps(10, epochs=0.1, max_steps=None, micro_batch=1,
