@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
+from .sami.constitutions import max_distinct
 
 DEMO_MODEL = "builtin:smollm2-135m-instruct"
 
@@ -87,16 +88,51 @@ class ModelsConfig(Section):
 
 # ---------------------------------------------------------------- task and data
 
+# Formats read by a dataset adapter (sami_ray/sami/datasets/), in the dataset's own public layout.
+DATASET_FORMATS = ("tldr", "hh_rlhf", "gsm8k", "mtbench")
+
+
 class QueriesConfig(Section):
     source: str = Field(default="builtin:howto", min_length=1)  # a path, or builtin:howto / builtin:mtbench
-    format: Literal["auto", "jsonl", "json", "hf", "mtbench", "gsm8k"] = "auto"
+    format: Literal["auto", "jsonl", "json", "hf", "tldr", "hh_rlhf", "gsm8k", "mtbench"] = Field(
+        default="auto", description="jsonl, json, hf: rows with a text field (text_field, id_field, category_field); "
+                                    "tldr, hh_rlhf, gsm8k, mtbench: those datasets in their public layouts "
+                                    "(JSON lines, .jsonl.gz, Parquet or a save_to_disk folder)")
+    tldr_prompt: Literal["post", "full"] = Field(
+        default="post", description="format tldr: the query is the post alone ('post'; the summarisation template "
+                                    "labels it 'POST:', as the SAMI reference's prompts do) or 'SUBREDDIT: r/...', "
+                                    "'TITLE: ...', 'POST: ...' lines ('full', as OpenAI's TL;DR prompts)")
     text_field: str | None = None
     id_field: str = "id"
     category_field: str = "category"
     split: str | None = None
     limit: int | None = Field(default=None, gt=0)
-    held_out: int = Field(default=12, ge=0, description="queries kept apart for evaluation")
+    held_out: int = Field(default=12, ge=0, description="queries split off the training file for evaluation "
+                                                         "(not used with eval_source)")
+    eval_source: str | None = Field(
+        default=None, description="evaluate on this file's queries (same format; e.g. GSM8K's test.jsonl, or "
+                                  "builtin:mtbench) instead of queries split off the training file")
+    eval_limit: int | None = Field(default=None, gt=0, description="with eval_source: its first N queries "
+                                                                   "(unset: all)")
     shuffle_seed: int = 0
+
+    @model_validator(mode="after")
+    def _fields_fit_format(self) -> QueriesConfig:
+        # values, not model_fields_set: a stored config (every field written out) must load as itself
+        if self.format in DATASET_FORMATS:
+            stray = [f for f, v, default in (("text_field", self.text_field, None), ("id_field", self.id_field, "id"),
+                                             ("category_field", self.category_field, "category")) if v != default]
+            if stray:
+                raise ValueError(f"{', '.join(stray)}: format {self.format!r} reads its dataset's own fields; "
+                                 "these apply to formats jsonl, json and hf")
+        if self.tldr_prompt != "post" and self.format != "tldr":
+            raise ValueError(f"tldr_prompt applies to format 'tldr', not {self.format!r}")
+        if self.eval_source is None and self.eval_limit is not None:
+            raise ValueError("eval_limit caps eval_source's queries; set eval_source")
+        if self.eval_source is not None and self.held_out not in (0, type(self).model_fields["held_out"].default):
+            raise ValueError(f"held_out = {self.held_out} splits queries off the training file, but eval_source "
+                             "names the evaluation file; cap its queries with eval_limit")
+        return self
 
 
 class TaskConfig(Section):
@@ -114,6 +150,8 @@ class PrincipleSpec(Section):
     weak: str | None = None
     strong: str | None = None
     categories: list[str] = Field(default_factory=list)
+    paraphrases: list[str] = Field(default_factory=list, description="other wordings of text")
+    antithesis_paraphrases: list[str] = Field(default_factory=list, description="other wordings of antithesis")
 
     @model_validator(mode="after")
     def _antithesis_differs(self) -> PrincipleSpec:
@@ -130,10 +168,24 @@ class ConstitutionsConfig(Section):
     num_principles: int = Field(default=2, ge=1, description="principles the writer (models.writer) writes when "
                                                             "none are given (principles, file and builtin empty)")
     n: int = Field(default=2, description="constitutions per query (N)")
-    mode: Literal["random", "flip_one", "all_or_none"] = "all_or_none"
+    mode: Literal["random", "flip_one", "all_or_none", "subset"] = Field(
+        default="all_or_none", description="all_or_none: all as written vs all negated; flip_one: all as written vs "
+                                           "one negated; random: random distinct sign patterns over all principles; "
+                                           "subset: a random subset of the relevant principles each (the "
+                                           "multi-task paper's sampling)")
     first_all_positive: bool = True
     shuffle: bool = True
     phrasing: Literal["text", "weak", "strong"] = "text"
+    paraphrases: bool = Field(default=True, description="a principle with paraphrases is worded by one of them per "
+                                                        "query (drawn with the run's seed); false: its first wording")
+    subset_min: int = Field(default=1, ge=1, description="mode subset: fewest principles a constitution states "
+                                                         "(at most the relevant principles there are)")
+    subset_max: int | None = Field(default=None, ge=1, description="mode subset: most principles a constitution "
+                                                                   "states (unset: every relevant one)")
+    antithesis_ratio: float = Field(default=0.5, ge=0, le=1,
+                                    description="mode subset: chance that a principle is stated as its antithesis "
+                                                "(the multi-task paper's code: 0.25), never in the first "
+                                                "constitution when first_all_positive")
     filter_by_category: bool = True
 
     @field_validator("n")
@@ -147,13 +199,29 @@ class ConstitutionsConfig(Section):
     def _n_fits_mode(self) -> ConstitutionsConfig:
         if self.mode == "all_or_none" and self.n != 2:
             raise ValueError(f"mode 'all_or_none' gives exactly 2 constitutions, but n = {self.n}")
+        if self.mode != "subset":
+            fields = type(self).model_fields
+            stray = [f for f in ("subset_min", "subset_max", "antithesis_ratio")
+                     if getattr(self, f) != fields[f].default]
+            if stray:
+                raise ValueError(f"{', '.join(stray)} only apply to mode 'subset', not {self.mode!r}")
+        if self.subset_max is not None and self.subset_min > self.subset_max:
+            raise ValueError(f"subset_min = {self.subset_min} is above subset_max = {self.subset_max}")
         if self.file:
-            return self  # how many principles the file holds is known when it is read
+            return self  # how many principles the file holds is known when it is read (inputs.seed_principles)
         k = len(self.principles) + len(self.builtin) or self.num_principles
-        limit = {"all_or_none": 2, "flip_one": k + 1, "random": 2 ** k}[self.mode]
-        if self.n > limit:
-            raise ValueError(f"n = {self.n} distinct constitutions cannot be made from {k} principle(s) "
-                             f"in mode {self.mode!r} (at most {limit})")
+        groups = {None: k}
+        if self.filter_by_category:  # each category's queries see its own principles and the uncategorised ones
+            for cat in sorted({c for p in self.principles for c in p.categories}):
+                relevant = sum(not p.categories or cat in p.categories for p in self.principles)
+                groups[cat] = relevant + len(self.builtin)  # a builtin counted as relevant: never a false refusal
+        for cat, count in groups.items():
+            limit = max_distinct(count, self.mode, subset_min=self.subset_min, subset_max=self.subset_max,
+                                 antithesis_ratio=self.antithesis_ratio, first_all_positive=self.first_all_positive)
+            if self.n > limit:
+                whose = f" relevant to category {cat!r}" if cat is not None else ""
+                raise ValueError(f"n = {self.n} distinct constitutions cannot be made from {count} principle(s)"
+                                 f"{whose} in mode {self.mode!r} (at most {limit})")
         return self
 
 
@@ -191,6 +259,12 @@ class TrainerConfig(Section):
     offload_params: bool = False
     offload_optimizer: bool = False
     dtype: Literal["float32", "bfloat16"] = "float32"
+    master_weights: Literal["float32", "bfloat16"] = Field(
+        default="float32", description="precision of the optimizer's copy of the weights, its gradients and its "
+                                       "states. float32: DeepSpeed's mixed precision (with dtype bfloat16: 2 + 2 + 4 "
+                                       "+ 4 per optimizer state bytes per parameter). bfloat16: all in bf16 (2 + 2 + 2 "
+                                       "+ 2 per state), the pure-bf16 setup of the SAMI reference; updates below "
+                                       "bf16's resolution are lost. Needs dtype bfloat16 and zero_stage 1-3")
     optimizer: Literal["adamw", "rmsprop"] = "adamw"
     lr: float = Field(default=5e-6, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
@@ -214,6 +288,32 @@ class TrainerConfig(Section):
     collective_timeout_min: int = Field(default=10, ge=1)
     early_stop_mi_bound: float | None = Field(default=None, gt=0,
                                               description="stop an epoch once the running MI bound exceeds this")
+    # The baselines train on the same worker group, data path, checkpoints and export as SAMI.
+    objective: Literal["sami", "dpo", "sft"] = Field(
+        default="sami", description="sami; dpo: preference pairs against the initial model as reference; sft: "
+                                    "supervised (prompt, completion) pairs")
+    dpo_beta: float = Field(default=0.1, gt=0, description="DPO's inverse temperature (not the SAMI KL weight beta)")
+    pairs_file: str | None = Field(
+        default=None, description="dpo: a prompt/chosen/rejected JSONL (TRL, HH-RLHF); sft: a prompt/completion "
+                                  "JSONL. Unset: made from each iteration's samples (dpo: the answer under the "
+                                  "principles against the one under the antitheses; sft: the answer under the "
+                                  "principles, trained without the constitution in the prompt)")
+    skip_bad: bool = Field(default=False, description="count and skip bad rows of pairs_file instead of failing")
+
+    @model_validator(mode="after")
+    def _master_weights_possible(self) -> TrainerConfig:
+        if self.master_weights == "bfloat16":
+            if self.dtype != "bfloat16":
+                raise ValueError("master_weights = 'bfloat16' needs dtype = 'bfloat16' (float32 training keeps "
+                                 "float32 master weights)")
+            if self.zero_stage == 0:
+                raise ValueError("master_weights = 'bfloat16' needs zero_stage 1, 2 or 3: DeepSpeed keeps bf16 master "
+                                 "weights only in its ZeRO optimizers")
+            if self.offload_optimizer:
+                # DeepSpeed then asks for its compiled DeepSpeedCPUAdam; the trainer steps torch optimizers.
+                raise ValueError("master_weights = 'bfloat16' cannot be combined with offload_optimizer; use "
+                                 "offload_params, or master_weights = 'float32' with offload_optimizer")
+        return self
 
 
 # ---------------------------------------------------------------- storage
@@ -228,7 +328,9 @@ class StorageConfig(Section):
     multipart_chunk_mb: int = Field(default=64, gt=0)
     max_concurrency: int = Field(default=8, ge=1)
     retry_total_seconds: float = Field(default=60.0, gt=0)
-    keep_last_checkpoints: int = Field(default=2, ge=1)
+    # Ray Train checkpoints serve only to resume a training stage in progress: once the model stage it led to is
+    # committed, the training folders of all but the last `keep_last_checkpoints` iterations are deleted.
+    keep_last_checkpoints: int = Field(default=0, ge=0)
 
     @field_validator("uri")
     @classmethod

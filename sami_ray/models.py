@@ -17,7 +17,7 @@ from typing import Any
 
 from .atomic import atomic_folder
 from .errors import UserError
-from .model_sources import fetch_once, fetch_s3_model, hub_snapshot, parse_hub_id
+from .model_sources import fetch_once, fetch_s3_model, hub_snapshot, parse_hub_id, store_settings
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,28 @@ def _converted(folder: Path, gguf_file: str, out: Path) -> Path:
                       lambda: _dequantise_gguf(folder, gguf_file, out))
 
 
+def _final_model_of_run(path: str, storage: Any) -> str | None:
+    """The committed model stage a run's summary names as its final model (folder or s3:// URI); None when `path`
+    is no run (a run folder holds config.yaml where a model folder holds config.json)."""
+    local = Path(path).expanduser()
+    if path.startswith("s3://"):
+        from .storage import CheckpointStore
+
+        store = CheckpointStore.open(path, **store_settings(storage))
+        if store.exists("config.json") or not store.exists("config.yaml"):
+            return None
+    elif not (local / "config.yaml").is_file() or (local / "config.json").exists():
+        return None
+    from .storage.run import RunStore
+
+    run = RunStore.open(path, store_settings(storage) if path.startswith("s3://") else None)
+    final = (run.summary() or {}).get("final_model")
+    if not final:
+        raise UserError(f"model {path}: this run has no final model (unfinished, or every iteration rolled back); "
+                        f"name one of its model stages, e.g. {path}/iter-0001/model")
+    return run.store.url(final)
+
+
 def resolve_model_path(path: str, gguf_file: str | None = None, storage: Any = None) -> Path:
     """A local folder on this node holding config.json, safetensors weights and a tokenizer for `path`.
 
@@ -95,7 +117,11 @@ def resolve_model_path(path: str, gguf_file: str | None = None, storage: Any = N
     `cache_dir()/models/s3/`, verified against its MANIFEST.json when it has one). `storage` (a StorageConfig, or
     anything with its attribute names, or a dict) says how to reach S3; None: the standard AWS chain and
     AWS_ENDPOINT_URL_S3. With `gguf_file` the weights are dequantised from that GGUF file of the folder once.
-    Every failure is a UserError reading `model <path>: <why>`."""
+    A run (its folder or s3:// URI) stands for its final model, so one run can start from another's product (SAMI
+    after SFT). Every failure is a UserError reading `model <path>: <why>`."""
+    run_model = _final_model_of_run(path, storage)
+    if run_model is not None:
+        return resolve_model_path(run_model, None, storage)
     if path.startswith("builtin:"):
         name = path.removeprefix("builtin:")
         if name not in BUILTIN_MODELS:

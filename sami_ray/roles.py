@@ -116,7 +116,10 @@ class StepProgress:
         if self.bar is None:
             self.bar = Progress("training", int(step["total_steps"]), unit="step")
         if step["step"] > self.done:
-            self.bar.update(step["step"] - self.done)
+            figures = {"loss": step["loss"]}
+            if step.get("mi_bound") is not None:
+                figures["mi"] = step["mi_bound"]
+            self.bar.update(step["step"] - self.done, **figures)
             self.done = step["step"]
 
     def close(self) -> None:
@@ -196,11 +199,13 @@ class Roles:
         template per models.writer.chat_template."""
         from .sami.writer import PrincipleWriterCore
 
-        spec = self.specs["writer"]
+        spec, w = self.specs["writer"], self.cfg.writer
         k = len(seeds) or self.cfg.constitutions.num_principles
+        options = dict(candidates=w.candidates, retries=w.retries, paraphrases=w.paraphrases,
+                       temperature=w.temperature)
         if spec.same_model(self.specs["policy"]):
             # The policy's model writes the principles: its sampler pool is the writer, no second engine starts.
-            core = PrincipleWriterCore(self.policy(None), self.chat_tokenizer("writer"))
+            core = PrincipleWriterCore(self.policy(None), self.chat_tokenizer("writer"), **options)
             return core.write(description, seeds, k, fallback_to_seeds=True, seed=seed)
         import ray
 
@@ -209,7 +214,7 @@ class Roles:
         ensure_ray(self.cfg.resources)
         writer = start_writer(spec.model.path, spec.engine, spec.resources, runtime_env=runtime_env(),
                               backend=spec.sampler.backend, chat_template=spec.model.chat_template,
-                              gguf_file=spec.model.gguf_file, storage=self.cfg.storage)
+                              gguf_file=spec.model.gguf_file, storage=self.cfg.storage, options=options)
         try:
             return ray.get(writer.write.remote(description, seeds, k, fallback_to_seeds=True, seed=seed))
         finally:
@@ -250,8 +255,9 @@ class Roles:
         fs, path = storage
         base = self.specs["policy"].model
         progress = StepProgress()
+        data = self._training_data(Path(examples_path), Path(output_dir).parent)
         try:
-            return train(examples_path=str(examples_path), init_model_path=init_model or base.path,
+            return train(examples_path=str(data), init_model_path=init_model or base.path,
                          init_gguf_file=None if init_model else base.gguf_file,
                          ref_model_path=base.path if self.cfg.trainer.beta > 0 else None,
                          ref_gguf_file=base.gguf_file, model_storage=self.cfg.storage, trainer_cfg=self.cfg.trainer,
@@ -260,6 +266,36 @@ class Roles:
                          max_prompt_tokens=self.cfg.task.max_prompt_tokens, run_id=self.run_id, on_step=progress)
         finally:
             progress.close()
+
+    def _training_data(self, examples_path: Path, folder: Path) -> Path:
+        """What the configured objective trains on: SAMI the samples; DPO and SFT (prompt, responses) pairs, from
+        the user's trainer.pairs_file or made from the samples (constitution-contrast pairs for DPO, the answers
+        under all the principles without the constitution in the prompt for SFT), written to `folder`."""
+        from .errors import DataError
+        from .sami import pairs
+        from .sami.data import load_examples
+
+        t = self.cfg.trainer
+        if t.objective == "sami":
+            return examples_path
+        if t.pairs_file:
+            read = pairs.read_preferences if t.objective == "dpo" else pairs.read_demonstrations
+            got = read(t.pairs_file, tokenizer=self.tokenizer_of("policy"),
+                       max_prompt_tokens=self.cfg.task.max_prompt_tokens, skip_bad=t.skip_bad)
+            source = t.pairs_file
+        elif t.objective == "dpo":
+            got, source = pairs.contrast_pairs(load_examples(examples_path)), "the samples"
+        else:
+            render = pairs.plain_renderer(self.cfg.task.kind, self.chat_tokenizer())
+            got, source = pairs.distillation_pairs(load_examples(examples_path), render), "the samples"
+        if got.skipped:
+            log.warning("%s: %d rows left out (%s)", source, got.skipped, "; ".join(got.problems[:3]))
+        if not got.pairs:
+            raise DataError(f"{source}: no pairs for trainer.objective = {t.objective}")
+        out = folder / f"{t.objective}-pairs.jsonl"
+        folder.mkdir(parents=True, exist_ok=True)
+        pairs.write_pairs(out, got.pairs)
+        return out
 
     # ------------------------------------------------------------ lifetime
 

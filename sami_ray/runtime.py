@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
+from . import logs
 from .config import ResourcesConfig
 
 log = logging.getLogger(__name__)
@@ -62,10 +63,12 @@ def ensure_ray(resources: ResourcesConfig) -> None:
     import ray
 
     if ray.is_initialized():
+        logs.ray_started()  # a session begun after Ray still takes the workers' lines
         return
     apply_process_env()
     address = resources.ray_address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict = {"runtime_env": runtime_env(), "log_to_driver": True}
+    # Worker lines come to this process; a `sami-ray run` session writes them into the run's log file.
+    kwargs: dict = {"runtime_env": runtime_env(), **logs.ray_init_options()}
     if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
         # Inside `ray job submit` the job's runtime_env (working_dir, env_vars) already applies to every actor;
         # a second one here would conflict with it. Actors still get `runtime_env()` as their own env_vars.
@@ -77,3 +80,4 @@ def ensure_ray(resources: ResourcesConfig) -> None:
         num_cpus = resources.num_cpus or os.cpu_count() or 2
         log.info("starting a local Ray with %d CPUs", num_cpus)
         ray.init(num_cpus=num_cpus, **kwargs)
+    logs.ray_started()

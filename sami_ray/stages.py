@@ -26,7 +26,7 @@ from . import metrics
 from .config import RunConfig
 from .errors import CorruptStageError, UserError
 from .evaluate.policy import sampling_from
-from .inputs import load_run_queries, seed_principles, split_queries
+from .inputs import check_constitutions, run_queries, seed_principles
 from .models import require_safetensors, resolve_model_path
 from .progress import timer
 from .roles import writes_principles
@@ -98,8 +98,8 @@ class StageLoop:
         return self.roles.policy(self.model_ref(stage))
 
     def queries(self) -> tuple[list[Query], list[Query]]:
-        qcfg = self.cfg.task.queries
-        return split_queries(load_run_queries(qcfg), qcfg.held_out, qcfg.shuffle_seed)
+        """(training, held-out): held-out from task.queries.eval_source when set, else split off the training file."""
+        return run_queries(self.cfg.task.queries)
 
     def iteration_queries(self, k: int, train: list[Query]) -> list[Query]:
         """All training queries, or a window of `run.train_queries` that moves on each iteration."""
@@ -255,9 +255,12 @@ class StageLoop:
 
     def walk(self, t0: float | None = None) -> RunSummary:
         t0 = time.perf_counter() if t0 is None else t0
+        train, held_out = self.queries()  # a bad dataset fails before the writer runs
         principles = self.principles()
+        c = self.cfg.constitutions  # every category must have enough principles for N, before anything is sampled
+        check_constitutions(principles.principles, train, c)
+        check_constitutions(principles.principles, held_out, c, n=self.cfg.evaluation.n or c.n, field="evaluation.n")
         summary = RunSummary(self.store.uri, principles)
-        train, held_out = self.queries()
         base = self.evaluation(0, None, held_out, principles, None)
         if base:
             summary.reports.append(base)

@@ -100,6 +100,7 @@ def evaluate_iteration(policy: Policy, held_out_queries: Sequence[Query], princi
     report["samples"] = {cid: [{"query": q, "response": r[:600]} for q, r in pairs[:cfg.sample_answers]]
                          for cid, pairs in groups.items()}
     report["constitutions"] = {c.id: c.text for _, cons in plan for c in cons}
+    report["query_texts"] = {q.id: q.text for q, _ in plan}  # compare pairs answers of runs by query text
     report["responses"] = records
 
     if cfg.judge.kind != "none":

@@ -3,20 +3,28 @@
 A constitution picks, for every principle of a set, the principle or its antithesis, and lists them numbered in a
 shuffled order (the order carries no signal, so training sees many orders). SAMI needs N *distinct* constitutions
 per query: response j is sampled under constitution j, and the loss asks the model to tell them apart.
+
+Mode 'subset' samples as the multi-task paper's code does: each constitution states a random subset of the
+relevant principles (its size drawn from a range), each principle as written or, with a set probability, as its
+antithesis, in random order. A principle may carry paraphrases; each query uses one phrasing of each principle
+and one of its antithesis (drawn with the run's seed), the same in all N constitutions of that query, so they
+differ by what they ask, never by wording alone.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from ..errors import ConfigError
 from .seeds import derive_rng
 
 Phrasing = Literal["text", "weak", "strong"]
-SamplingMode = Literal["random", "flip_one", "all_or_none"]
+SamplingMode = Literal["random", "flip_one", "all_or_none", "subset"]
 
 
 @dataclass(frozen=True)
@@ -29,15 +37,21 @@ class Principle:
     weak: str | None = None
     strong: str | None = None
     categories: tuple[str, ...] = ()
+    paraphrases: tuple[str, ...] = ()  # other wordings of `text`
+    antithesis_paraphrases: tuple[str, ...] = ()  # other wordings of `antithesis`
 
     def phrase(self, positive: bool, phrasing: Phrasing = "text") -> str:
+        return self.phrasings(positive, phrasing)[0]
+
+    def phrasings(self, positive: bool, phrasing: Phrasing = "text") -> tuple[str, ...]:
+        """Every wording of the principle (or its antithesis) in this phrasing; the first is the canonical one."""
         if not positive:
-            return self.antithesis
+            return (self.antithesis, *self.antithesis_paraphrases)
         if phrasing == "weak" and self.weak:
-            return self.weak
+            return (self.weak,)
         if phrasing == "strong" and self.strong:
-            return self.strong
-        return self.text
+            return (self.strong,)
+        return (self.text, *self.paraphrases)
 
     def relevant_for(self, category: str | None) -> bool:
         """A principle without categories applies to every query."""
@@ -45,7 +59,8 @@ class Principle:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["categories"] = list(self.categories)
+        for key in ("categories", "paraphrases", "antithesis_paraphrases"):
+            d[key] = list(d[key])
         return d
 
     @classmethod
@@ -57,6 +72,8 @@ class Principle:
             weak=d.get("weak"),
             strong=d.get("strong"),
             categories=tuple(d.get("categories") or ()),
+            paraphrases=tuple(str(x) for x in d.get("paraphrases") or ()),
+            antithesis_paraphrases=tuple(str(x) for x in d.get("antithesis_paraphrases") or ()),
         )
 
 
@@ -100,28 +117,59 @@ def pattern_id(signs: dict[str, bool]) -> str:
     return ",".join(("+" if signs[n] else "-") + n for n in sorted(signs))
 
 
+# (principle name, as written?) -> the words a query's constitutions use for it
+Wording = dict[tuple[str, bool], str]
+
+
 def render(principles: Sequence[Principle], signs: dict[str, bool], order: Sequence[int],
-           phrasing: Phrasing = "text") -> Constitution:
+           phrasing: Phrasing = "text", wording: Wording | None = None) -> Constitution:
+    """The principles at `order`, each with its sign from `signs`, numbered; `wording` overrides the canonical
+    phrasing where it names one."""
+    def words(p: Principle, positive: bool) -> str:
+        return (wording or {}).get((p.name, positive)) or p.phrase(positive, phrasing)
+
     signed = tuple(
         SignedPrinciple(principles[k].name, signs[principles[k].name],
-                        principles[k].phrase(signs[principles[k].name], phrasing))
+                        words(principles[k], signs[principles[k].name]))
         for k in order
     )
     text = "\n".join(f"{i + 1}. {p.text}" for i, p in enumerate(signed))
-    return Constitution(id=pattern_id(signs), principles=signed, text=text)
+    return Constitution(id=pattern_id({p.name: p.positive for p in signed}), principles=signed, text=text)
 
 
-def max_distinct(num_principles: int, mode: SamplingMode) -> int:
+def choose_wording(principles: Sequence[Principle], phrasing: Phrasing, rng: random.Random) -> Wording:
+    """One wording of each principle and of its antithesis, for all constitutions of one query."""
+    return {(p.name, positive): rng.choice(p.phrasings(positive, phrasing))
+            for p in principles for positive in (True, False)}
+
+
+def _subset_sizes(k: int, lo: int, hi: int | None) -> range:
+    """How many principles a 'subset' constitution states: the configured range clipped to the k there are."""
+    top = min(hi or k, k)
+    return range(min(lo, top), top + 1)
+
+
+def max_distinct(num_principles: int, mode: SamplingMode, *, subset_min: int = 1, subset_max: int | None = None,
+                 antithesis_ratio: float = 0.5, first_all_positive: bool = True) -> int:
+    """How many distinct constitutions `mode` can make from `num_principles` principles."""
+    k = num_principles
     if mode == "all_or_none":
         return 2
     if mode == "flip_one":
-        return num_principles + 1
-    return 2 ** num_principles
+        return k + 1
+    if mode == "random":
+        return 2 ** k
+    sizes = _subset_sizes(k, subset_min, subset_max)
+    if 0 < antithesis_ratio < 1:
+        return sum(math.comb(k, s) * 2 ** s for s in sizes)
+    # ratio 0 or 1: every principle of a subset has the same sign, so only the subsets differ (and, at ratio 1,
+    # the all-positive first constitution from all the negated ones)
+    return sum(math.comb(k, s) for s in sizes) + (1 if antithesis_ratio == 1 and first_all_positive else 0)
 
 
 def sign_patterns(names: Sequence[str], n: int, mode: SamplingMode, rng: random.Random,
                   first_all_positive: bool) -> list[dict[str, bool]]:
-    """N distinct sign patterns over the principles, drawn per `mode`."""
+    """N distinct sign patterns over the principles, drawn per `mode` (not 'subset': see subset_patterns)."""
     k = len(names)
     if k == 0:
         raise ValueError("a constitution needs at least one principle")
@@ -148,21 +196,84 @@ def sign_patterns(names: Sequence[str], n: int, mode: SamplingMode, rng: random.
     return [{name: bool(code >> (k - 1 - b) & 1) for b, name in enumerate(names)} for code in chosen]
 
 
+def _all_subset_patterns(names: Sequence[str], sizes: range, ratio: float,
+                         all_positive: bool) -> list[tuple[list[str], dict[str, bool]]]:
+    """Every (principles in order, signs) a 'subset' draw can give; only used when random draws keep repeating."""
+    out = []
+    for s in sizes:
+        for combo in itertools.combinations(names, s):
+            if all_positive or ratio == 0:
+                sign_sets: Iterable[tuple[bool, ...]] = [(True,) * s]
+            elif ratio == 1:
+                sign_sets = [(False,) * s]
+            else:
+                sign_sets = itertools.product([True, False], repeat=s)
+            out += [(list(combo), dict(zip(combo, signs, strict=True))) for signs in sign_sets]
+    return out
+
+
+def subset_patterns(names: Sequence[str], n: int, rng: random.Random, *, subset_min: int = 1,
+                    subset_max: int | None = None, antithesis_ratio: float = 0.5, first_all_positive: bool = True,
+                    shuffle: bool = True) -> list[tuple[list[str], dict[str, bool]]]:
+    """N distinct (principles in the order shown, their signs): each a random subset of `names` whose size is drawn
+    uniformly from the range, each principle negated with probability `antithesis_ratio` (never in the first
+    constitution when `first_all_positive`)."""
+    k = len(names)
+    if k == 0:
+        raise ValueError("a constitution needs at least one principle")
+    if n < 2:
+        raise ValueError(f"SAMI needs at least 2 constitutions per query, got {n}")
+    limit = max_distinct(k, "subset", subset_min=subset_min, subset_max=subset_max,
+                         antithesis_ratio=antithesis_ratio, first_all_positive=first_all_positive)
+    if n > limit:
+        raise ValueError(f"mode 'subset' allows at most {limit} distinct constitutions from {k} principle(s), "
+                         f"but {n} were asked for")
+    sizes = _subset_sizes(k, subset_min, subset_max)
+    out: list[tuple[list[str], dict[str, bool]]] = []
+    used: set[str] = set()
+    for j in range(n):
+        all_positive = first_all_positive and j == 0
+        for _ in range(100):
+            picked = rng.sample(list(names), rng.choice(sizes))
+            signs = {m: all_positive or rng.random() >= antithesis_ratio for m in picked}
+            if pattern_id(signs) not in used:
+                break
+        else:  # the space is nearly used up: draw from what is left
+            left = [(o, s) for o, s in _all_subset_patterns(names, sizes, antithesis_ratio, all_positive)
+                    if pattern_id(s) not in used]
+            picked, signs = rng.choice(left)
+        if not shuffle:
+            picked = [m for m in names if m in signs]
+        used.add(pattern_id(signs))
+        out.append((picked, signs))
+    return out
+
+
 def sample_constitutions(principles: Sequence[Principle], n: int, *, seed: int, key: object = "",
                          mode: SamplingMode = "random", first_all_positive: bool = True,
-                         shuffle: bool = True, phrasing: Phrasing = "text") -> list[Constitution]:
+                         shuffle: bool = True, phrasing: Phrasing = "text", subset_min: int = 1,
+                         subset_max: int | None = None, antithesis_ratio: float = 0.5,
+                         paraphrases: bool = True) -> list[Constitution]:
     """N distinct constitutions for one query; deterministic in (seed, key), where key is usually the query id."""
     names = [p.name for p in principles]
     if len(set(names)) != len(names):
         raise ValueError(f"principle names must be unique, got {names}")
     rng = derive_rng(seed, key)
+    # a stream of its own, so paraphrases change no other draw
+    wording = choose_wording(principles, phrasing, derive_rng(seed, key, "wording")) if paraphrases else None
+    if mode == "subset":
+        index = {m: i for i, m in enumerate(names)}
+        drawn = subset_patterns(names, n, rng, subset_min=subset_min, subset_max=subset_max,
+                                antithesis_ratio=antithesis_ratio, first_all_positive=first_all_positive,
+                                shuffle=shuffle)
+        return [render(principles, signs, [index[m] for m in order], phrasing, wording) for order, signs in drawn]
     patterns = sign_patterns(names, n, mode, rng, first_all_positive)
     out = []
     for signs in patterns:
         order = list(range(len(principles)))
         if shuffle:
             rng.shuffle(order)
-        out.append(render(principles, signs, order, phrasing))
+        out.append(render(principles, signs, order, phrasing, wording))
     return out
 
 
@@ -170,13 +281,50 @@ def relevant_principles(principles: Iterable[Principle], category: str | None) -
     return [p for p in principles if p.relevant_for(category)]
 
 
+class ConstitutionPlanError(ConfigError, ValueError):
+    """N constitutions cannot be drawn for some queries: a user's setting, found before any query is sampled."""
+
+
+def plan_problems(principles: Sequence[Principle], categories: Iterable[str | None], options: object,
+                  n: int) -> list[str]:
+    """Why N distinct constitutions cannot be drawn for the queries of some category (empty when they can).
+
+    `options` is the constitutions config; a category without any relevant principle is no problem (its queries
+    are skipped)."""
+    problems = []
+    by_category = options.filter_by_category
+    for cat in sorted(set(categories) if by_category else {None}, key=str):
+        ps = relevant_principles(principles, cat) if by_category else list(principles)
+        if not ps:
+            continue
+        limit = max_distinct(len(ps), options.mode, subset_min=options.subset_min, subset_max=options.subset_max,
+                             antithesis_ratio=options.antithesis_ratio,
+                             first_all_positive=options.first_all_positive)
+        if n > limit:
+            where = f"category {cat!r}" if cat is not None else "every query"
+            problems.append(f"{where}: {len(ps)} relevant principle(s) ({', '.join(p.name for p in ps)}) give at "
+                            f"most {limit} distinct constitutions in mode {options.mode!r}, but N = {n}")
+    return problems
+
+
+def check_plan(principles: Sequence[Principle], categories: Iterable[str | None], options: object, n: int) -> None:
+    problems = plan_problems(principles, categories, options, n)
+    if problems:
+        raise ConstitutionPlanError("constitutions: N distinct constitutions per query cannot be drawn for "
+                                    + "; ".join(problems) + ". Give these categories more relevant principles "
+                                    "(categories / relevant_for), or lower N, or choose another constitutions.mode")
+
+
 def constitutions_per_query(queries: Iterable, principles: Sequence[Principle], options: object, n: int, *,
                             seed: int, tag: object) -> list[tuple[object, list[Constitution]]]:
     """(query, its N constitutions) for every query that has a relevant principle.
 
-    `options` carries the constitutions config (mode, first_all_positive, shuffle, phrasing, filter_by_category);
-    the constitutions depend only on (seed, tag, query id), so the same query gets the same ones on every resume.
+    `options` carries the constitutions config (mode, first_all_positive, shuffle, phrasing, filter_by_category,
+    subset_min, subset_max, antithesis_ratio, paraphrases); the constitutions depend only on (seed, tag, query id),
+    so the same query gets the same ones on every resume. Every category is checked before any query is drawn.
     """
+    queries = list(queries)
+    check_plan(principles, (q.category for q in queries), options, n)
     out = []
     for q in queries:
         ps = relevant_principles(principles, q.category) if options.filter_by_category else list(principles)
@@ -184,7 +332,10 @@ def constitutions_per_query(queries: Iterable, principles: Sequence[Principle], 
             continue
         out.append((q, sample_constitutions(ps, n, seed=seed, key=(tag, q.id), mode=options.mode,
                                             first_all_positive=options.first_all_positive, shuffle=options.shuffle,
-                                            phrasing=options.phrasing)))
+                                            phrasing=options.phrasing, subset_min=options.subset_min,
+                                            subset_max=options.subset_max,
+                                            antithesis_ratio=options.antithesis_ratio,
+                                            paraphrases=options.paraphrases)))
     return out
 
 

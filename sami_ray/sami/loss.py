@@ -128,3 +128,45 @@ def kl_to_reference(policy_token_lp: torch.Tensor, ref_token_lp: torch.Tensor, l
     r = (ref_token_lp - policy_token_lp) * mask
     per_token = (torch.exp(r) - r - 1.0) * mask
     return per_token.sum(dim=-1) / mask.sum(dim=-1).clamp_min(1.0)
+
+
+# ---------------------------------------------------------------- the baselines' objectives
+
+def _dpo_logits(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+                ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor) -> torch.Tensor:
+    return (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
+
+
+def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+             ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float) -> torch.Tensor:
+    """The DPO loss, mean over pairs: -log sigmoid(beta * (chosen log-ratio - rejected log-ratio)).
+
+    Each argument is a (pairs,) tensor of sequence log-probs summed over response tokens; a log-ratio is the
+    policy's log-prob minus the frozen reference's. The reference terms carry no gradient."""
+    if beta <= 0:
+        raise ValueError(f"DPO needs beta > 0, got {beta}: at 0 the loss is log 2 whatever the policy does")
+    logits = _dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps.detach(),
+                         ref_rejected_logps.detach())
+    return -F.logsigmoid(beta * logits).mean()
+
+
+def dpo_stats(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+              ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float) -> dict[str, float]:
+    """What a DPO trainer usually reports, as means over pairs: the implicit rewards beta * log-ratio of chosen and
+    rejected, their margin, the share of pairs whose chosen reward is the larger (0 while the policy still equals
+    the reference), and the policy's summed log-probs."""
+    with torch.no_grad():
+        chosen = beta * (policy_chosen_logps - ref_chosen_logps).float()
+        rejected = beta * (policy_rejected_logps - ref_rejected_logps).float()
+        return {"chosen_reward": float(chosen.mean()), "rejected_reward": float(rejected.mean()),
+                "reward_margin": float((chosen - rejected).mean()),
+                "reward_accuracy": float((chosen > rejected).float().mean()),
+                "chosen_logps": float(policy_chosen_logps.float().mean()),
+                "rejected_logps": float(policy_rejected_logps.float().mean())}
+
+
+def sft_loss(token_logprobs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over every response token of the batch (each token weighs the same, so longer responses
+    weigh more), as torch's cross_entropy with ignore_index; positions labelled IGNORE_INDEX do not count."""
+    mask = (labels != IGNORE_INDEX).to(token_logprobs.dtype)
+    return -(token_logprobs * mask).sum() / mask.sum().clamp_min(1.0)

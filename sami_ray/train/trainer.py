@@ -77,6 +77,22 @@ def _check_examples(path: str) -> int:
     return count
 
 
+def _check_pairs(path: str) -> int:
+    """Validate a (prompt, responses) pairs file of DPO or SFT line by line and return its number of rows."""
+    from ..sami.pairs import TextPair
+
+    count = 0
+    for k, row in enumerate(read_jsonl(path), 1):
+        try:
+            TextPair.from_dict(row, f"{path}, line {k}")
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{path}, line {k}: not a (prompt, responses) pair ({e})") from None
+        count = k
+    if not count:
+        raise DataError(f"{path}: no pairs to train on")
+    return count
+
+
 def _examples_dataset(path: str) -> Any:
     """The samples file as a Ray Data dataset of its lines, read on the driver's node: the file is on the driver's
     disk, which other nodes need not share."""
@@ -160,8 +176,9 @@ def train(examples_path: str, init_model_path: str, ref_model_path: str | None, 
           max_prompt_tokens: int | None = None, *, init_gguf_file: str | None = None,
           ref_gguf_file: str | None = None, model_storage: Any = None, run_id: str = "",
           on_step: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
-    """Train on the SAMI examples in `examples_path` and export the result to `output_dir`; training prompts
-    longer than `max_prompt_tokens` are cut from the left (task.max_prompt_tokens).
+    """Train on `examples_path` and export the result to `output_dir`: SAMI examples (trainer.objective sami), or
+    a pairs file (`sami.pairs`: prompt with chosen and rejected for dpo, prompt and completion for sft). Training
+    prompts longer than `max_prompt_tokens` are cut from the left (task.max_prompt_tokens).
 
     The init and reference models are anything `models.resolve_model_path` takes (a folder, builtin:, a hub id,
     an s3:// folder such as a committed model stage): every worker resolves them on its own node, reaching S3
@@ -175,9 +192,12 @@ def train(examples_path: str, init_model_path: str, ref_model_path: str | None, 
     from .worker import train_loop
 
     resources = resources or RoleResources()
-    num_examples = _check_examples(examples_path)
-    if trainer_cfg.beta > 0 and ref_model_path is None:
+    sami = trainer_cfg.objective == "sami"
+    num_examples = _check_examples(examples_path) if sami else _check_pairs(examples_path)
+    if sami and trainer_cfg.beta > 0 and ref_model_path is None:
         raise UserError("trainer.beta > 0 needs a reference model (the run's initial model)")
+    if trainer_cfg.objective == "dpo" and ref_model_path is None:
+        ref_model_path, ref_gguf_file = init_model_path, init_gguf_file  # DPO's reference: where training starts
     use_gpu = resources.num_gpus > 0
     per_worker = bundle(resources)  # CPUs, GPUs and the custom resources (resources.trainer.custom) of one worker
 

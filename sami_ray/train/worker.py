@@ -24,7 +24,7 @@ from .data_stream import epoch_at, micro_batch_indices, owns, total_steps
 
 log = logging.getLogger("sami_ray.train")
 
-STAT_KEYS = ("loss", "sami_loss", "kl", "aux_loss", "row_accuracy", "col_accuracy")
+SAMI_STAT_KEYS = ("loss", "sami_loss", "kl", "aux_loss", "row_accuracy", "col_accuracy")
 
 
 def _process_settings(cfg: Any, num_cpus: float, use_gpu: bool) -> None:
@@ -121,13 +121,14 @@ class _Worker:
     init_path: str
     ref_path: str | None
     pad_id: int
-    examples: list[Any]  # TokenizedExample: this rank's shard
+    examples: list[Any]  # this rank's shard: TokenizedExample (sami) or TokenizedPair (dpo, sft)
     example_ids: list[str]  # the query id of each example of the shard
     num_examples: int  # all shards together
     steps: int
     run_id: str = ""
     engine: Any = None
-    ref_engine: Any = None  # only with a reference model and beta > 0
+    ref_engine: Any = None  # SAMI's KL term: only with a reference model and beta > 0
+    ref_logps: Any = None  # DPO: the reference's (chosen, rejected) log-probs of every example of the shard
     partition_numel: list[int] = field(default_factory=list)
     param_numel: int = 0
     start_step: int = 0
@@ -145,7 +146,8 @@ class _Progress:
     def record(self, stats: dict[str, float], keep: int) -> None:
         """Add a finished step's stats to the report window and to the last `keep` MI bounds."""
         self.window.append(stats)
-        self.recent_mi = (self.recent_mi + [stats["mi_bound"]])[-keep:]
+        if "mi_bound" in stats:
+            self.recent_mi = (self.recent_mi + [stats["mi_bound"]])[-keep:]
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -197,12 +199,12 @@ def _setup(config: dict[str, Any]) -> _Worker:
         raise DataError(f"{num_examples} training examples cannot be shared by trainer.num_workers = {world} workers; "
                         "lower trainer.num_workers or sample more queries")
     rows = _my_shard(rank, world)
-    pad_id, examples = _tokenize(init_path, rows, config.get("max_prompt_tokens"))
+    pad_id, examples, ids = _tokenize(init_path, rows, cfg.objective, config.get("max_prompt_tokens"))
     steps = total_steps(num_examples, epochs=cfg.epochs, max_steps=cfg.max_steps,
                         micro_batch=cfg.micro_batch_queries, grad_accum=cfg.grad_accum, world_size=world)
     return _Worker(cfg=cfg, rank=rank, world=world, seed=config["seed"], sink=config.get("metrics_sink"),
                    init_path=init_path, ref_path=ref_path, pad_id=pad_id, examples=examples,
-                   example_ids=[str(r["query"]["id"]) for r in rows], num_examples=num_examples, steps=steps,
+                   example_ids=ids, num_examples=num_examples, steps=steps,
                    run_id=config.get("run_id", ""))
 
 
@@ -226,18 +228,25 @@ def _local_models(config: dict[str, Any]) -> tuple[str, str | None]:
     return init, (str(resolve_model_path(ref, config.get("ref_gguf_file"), storage=storage)) if ref else None)
 
 
-def _tokenize(init_path: str, rows: list[dict[str, Any]], max_prompt_tokens: int | None = None
-              ) -> tuple[int, list[Any]]:
-    """The init model's padding id and the examples tokenized with its tokenizer, each prompt cut from the left
-    to `max_prompt_tokens` (task.max_prompt_tokens)."""
+def _tokenize(init_path: str, rows: list[dict[str, Any]], objective: str, max_prompt_tokens: int | None = None
+              ) -> tuple[int, list[Any], list[str]]:
+    """The init model's padding id, the rows tokenized with its tokenizer (SAMI examples, or the (prompt,
+    responses) pairs of DPO and SFT), each prompt cut from the left to `max_prompt_tokens` (task.max_prompt_tokens),
+    and the rows' ids."""
     from transformers import AutoTokenizer
 
     from ..sami.data import SamiExample, tokenize_example
+    from ..sami.pairs import TextPair, tokenize_pair
 
     tokenizer = AutoTokenizer.from_pretrained(init_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
-    return pad_id, [tokenize_example(tokenizer, SamiExample.from_dict(row), max_prompt_tokens=max_prompt_tokens)
-                    for row in rows]
+    if objective == "sami":
+        examples = [SamiExample.from_dict(row) for row in rows]
+        return pad_id, [tokenize_example(tokenizer, ex, max_prompt_tokens=max_prompt_tokens) for ex in examples], \
+            [ex.query.id for ex in examples]
+    pairs = [TextPair.from_dict(row) for row in rows]
+    return pad_id, [tokenize_pair(tokenizer, p, max_prompt_tokens=max_prompt_tokens) for p in pairs], \
+        [p.id for p in pairs]
 
 
 def _is_exported(restored: Any) -> bool:
@@ -253,14 +262,14 @@ def _build_engines(w: _Worker) -> None:
 
     from .ds_config import build_ds_config
     from .optim import build_optimizer, scheduler_factory
-    from .step import PairScorer
-
     cfg = w.cfg
     ds_config = build_ds_config(cfg, world_size=w.world, num_params=_count_parameters(w.init_path))
     model = _load_model(w.init_path, ds_config, cfg, trainable=True)
-    scorer = PairScorer(model, cfg.step_impl, cfg.logprob_chunk_size, w.pad_id,
-                        router_logits=cfg.router_aux_coef > 0)
-    if w.ref_path and cfg.beta > 0:
+    scorer = _scorer_class(cfg)(model, cfg.step_impl, cfg.logprob_chunk_size, w.pad_id,
+                                router_logits=cfg.router_aux_coef > 0)
+    if cfg.objective == "dpo":
+        w.ref_logps = _reference_logps(w, ds_config)
+    elif w.ref_path and cfg.beta > 0:
         w.ref_engine = _build_ref_engine(w, ds_config)
     if cfg.zero_stage == 3:
         scorer.register_for_zero3()
@@ -268,19 +277,46 @@ def _build_engines(w: _Worker) -> None:
     w.engine, *_ = deepspeed.initialize(model=scorer, optimizer=optimizer, config=ds_config,
                                         lr_scheduler=scheduler_factory(cfg, w.steps))
     unset_hf_deepspeed_config()  # loading is done; later model building (export) must not be a collective
+    if w.world == 1 and cfg.zero_stage == 0:
+        # One rank has nothing to reduce, but DeepSpeed would still flatten every gradient into a buffer, all-reduce
+        # it with itself and copy it back, each step.
+        w.engine.enable_backward_allreduce = False
     w.partition_numel, w.param_numel = _partition_sizes(w.engine.module.model, w.world)
 
 
+def _scorer_class(cfg: Any) -> type:
+    """SAMI scores every (constitution, response) pair of a query; DPO and SFT score responses after one prompt."""
+    from .step import PairScorer, ResponseScorer
+
+    return PairScorer if cfg.objective == "sami" else ResponseScorer
+
+
+def _reference_logps(w: _Worker, ds_config: dict) -> Any:
+    """DPO's reference log-probs of every (chosen, rejected) pair of this rank's shard, computed once (not every
+    epoch); the reference engine is dropped afterwards. Under ZeRO-3 each forward is a collective, so every rank
+    runs as many batches as the largest shard needs."""
+    import gc
+
+    from .step import reference_logps
+
+    ref = _build_ref_engine(w, ds_config)
+    largest_shard = math.ceil(w.num_examples / w.world)
+    logps = reference_logps(ref, w.examples, w.cfg.micro_batch_queries,
+                            min_batches=math.ceil(largest_shard / w.cfg.micro_batch_queries))
+    del ref
+    gc.collect()
+    return logps
+
+
 def _build_ref_engine(w: _Worker, ds_config: dict) -> Any:
-    """The frozen reference model as an inference-only engine, for the KL term."""
+    """The frozen reference model as an inference-only engine: SAMI's KL term, DPO's reference."""
     import deepspeed
 
     from .ds_config import inference_ds_config
-    from .step import PairScorer
 
     ref_cfg = inference_ds_config(ds_config)
     ref = _load_model(w.ref_path, ref_cfg, w.cfg, trainable=False)  # type: ignore[arg-type]
-    ref_scorer = PairScorer(ref, w.cfg.step_impl, w.cfg.logprob_chunk_size, w.pad_id)
+    ref_scorer = _scorer_class(w.cfg)(ref, w.cfg.step_impl, w.cfg.logprob_chunk_size, w.pad_id)
     if w.cfg.zero_stage == 3:
         ref_scorer.register_for_zero3()
     ref_engine, *_ = deepspeed.initialize(model=ref_scorer, config=ref_cfg)
@@ -299,56 +335,79 @@ def _restore(engine: Any, restored: Any) -> int:
 def _train_step(w: _Worker, step: int) -> dict[str, float]:
     """One optimizer step over grad_accum micro-batches; its statistics, averaged over all ranks."""
     t0 = time.perf_counter()
-    sums = dict.fromkeys(STAT_KEYS, 0.0)
+    keys = _stat_keys(w.cfg.objective)
+    sums = dict.fromkeys(keys, 0.0)
     tokens = 0.0
     n = 2
     lr = float(w.engine.get_lr()[0])
     own_norm = None
     for accum in range(w.cfg.grad_accum):
-        out, own_norm = _micro_step(w, step, accum)
-        n = out.n
-        for key, value in (("loss", float(out.loss.detach())), ("sami_loss", out.sami_loss), ("kl", out.kl),
-                           ("aux_loss", out.aux_loss), ("row_accuracy", out.row_accuracy),
-                           ("col_accuracy", out.col_accuracy)):
-            sums[key] += value / w.cfg.grad_accum
-        tokens += out.input_tokens
+        stats, input_tokens, n, own_norm = _micro_step(w, step, accum)
+        for key in keys:
+            sums[key] += stats[key] / w.cfg.grad_accum
+        tokens += input_tokens
     elapsed = time.perf_counter() - t0
-    reduced = _all_reduce_mean([sums[k] for k in STAT_KEYS] + [tokens], w.world)
-    stats = dict(zip(STAT_KEYS, reduced[:-1], strict=True))
+    reduced = _all_reduce_mean([sums[k] for k in keys] + [tokens], w.world)
+    out = dict(zip(keys, reduced[:-1], strict=True))
+    if w.cfg.objective == "sami":
+        out["mi_bound"] = math.log(n) - out["sami_loss"]
     grad_norm = w.engine.get_global_grad_norm()
     if grad_norm is None:
         grad_norm = own_norm
-    stats.update(mi_bound=math.log(n) - stats["sami_loss"], tokens_per_s=reduced[-1] * w.world / elapsed,
-                 step_time_s=elapsed, lr=lr, grad_norm=float(grad_norm) if grad_norm is not None else float("nan"))
-    return stats
+    out.update(tokens_per_s=reduced[-1] * w.world / elapsed, step_time_s=elapsed, lr=lr,
+               grad_norm=float(grad_norm) if grad_norm is not None else float("nan"))
+    return out
 
 
-def _micro_step(w: _Worker, step: int, accum: int) -> tuple[Any, float | None]:
-    """Forward and backward over this rank's micro-batch (DeepSpeed steps on the last). Also the gradient norm
-    where DeepSpeed keeps none (ZeRO stage 0 in fp32: it clips with torch and drops the norm)."""
+def _stat_keys(objective: str) -> tuple[str, ...]:
+    from .step import DPO_STAT_KEYS, SFT_STAT_KEYS
+
+    return {"sami": SAMI_STAT_KEYS, "dpo": DPO_STAT_KEYS, "sft": SFT_STAT_KEYS}[objective]
+
+
+def _micro_step(w: _Worker, step: int, accum: int) -> tuple[dict[str, float], int, int, float | None]:
+    """Forward and backward over this rank's micro-batch (DeepSpeed steps on the last): the objective's
+    statistics, the tokens run, N, and the gradient norm where DeepSpeed keeps none (ZeRO stage 0 in fp32: it
+    clips with torch and drops the norm)."""
     import torch
-
-    from .step import sami_objective
 
     idx = micro_batch_indices(step, accum, w.rank, shard_size=len(w.examples),
                               micro_batch=w.cfg.micro_batch_queries, grad_accum=w.cfg.grad_accum, seed=w.seed)
     faults.trace_examples(w.rank, step, [w.example_ids[i] for i in idx])
     batch = [w.examples[i] for i in idx]
-    ref_scores = None
-    if w.ref_engine is not None:
-        with torch.no_grad():
-            ref_scores = w.ref_engine(batch)
-    out = sami_objective(w.engine(batch), ref_scores, batch_size=len(batch), n=batch[0].n,
-                         normalization=w.cfg.logprob_normalization, beta=w.cfg.beta,
-                         router_aux_coef=w.cfg.router_aux_coef)
-    w.engine.backward(out.loss)
+    loss, stats, input_tokens, n = _objective(w, batch, idx)
+    w.engine.backward(loss)
     own_norm = None
     if w.engine.is_gradient_accumulation_boundary() and not w.engine.zero_optimization() \
             and not w.engine.bfloat16_enabled():
         grads = [p.grad for p in w.engine.module.parameters() if p.grad is not None]
         own_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
     w.engine.step()
-    return out, own_norm
+    return stats, input_tokens, n, own_norm
+
+
+def _objective(w: _Worker, batch: list[Any], idx: list[int]) -> tuple[Any, dict[str, float], int, int]:
+    """The configured objective on one micro-batch: (loss, statistics, tokens run, N)."""
+    import torch
+
+    from .step import dpo_objective, sami_objective, sft_objective
+
+    cfg = w.cfg
+    if cfg.objective == "dpo":
+        out = dpo_objective(w.engine(batch), w.ref_logps[idx], beta=cfg.dpo_beta, router_aux_coef=cfg.router_aux_coef)
+        return out.loss, out.stats, out.input_tokens, 2
+    if cfg.objective == "sft":
+        out = sft_objective(w.engine(batch), router_aux_coef=cfg.router_aux_coef)
+        return out.loss, out.stats, out.input_tokens, 1
+    ref_scores = None
+    if w.ref_engine is not None:
+        with torch.no_grad():
+            ref_scores = w.ref_engine(batch)
+    sami = sami_objective(w.engine(batch), ref_scores, batch_size=len(batch), n=batch[0].n,
+                          normalization=cfg.logprob_normalization, beta=cfg.beta, router_aux_coef=cfg.router_aux_coef)
+    stats = {"loss": float(sami.loss.detach()), "sami_loss": sami.sami_loss, "kl": sami.kl,
+             "aux_loss": sami.aux_loss, "row_accuracy": sami.row_accuracy, "col_accuracy": sami.col_accuracy}
+    return sami.loss, stats, sami.input_tokens, sami.n
 
 
 def _publish_step(w: _Worker, step: int, stats: dict[str, float]) -> None:
@@ -358,18 +417,20 @@ def _publish_step(w: _Worker, step: int, stats: dict[str, float]) -> None:
         return
     from .. import metrics
 
-    for name, key in (("sami_train_step", None), ("sami_train_loss", "loss"), ("sami_mi_bound", "mi_bound"),
-                      ("sami_train_accuracy", "row_accuracy"), ("sami_tokens_per_second", "tokens_per_s"),
-                      ("sami_train_lr", "lr"), ("sami_train_grad_norm", "grad_norm")):
-        value = step if key is None else stats[key]
+    accuracy = stats.get("row_accuracy", stats.get("reward_accuracy", float("nan")))
+    for name, value in (("sami_train_step", step), ("sami_train_loss", stats["loss"]),
+                        ("sami_mi_bound", stats.get("mi_bound", float("nan"))), ("sami_train_accuracy", accuracy),
+                        ("sami_tokens_per_second", stats["tokens_per_s"]), ("sami_train_lr", stats["lr"]),
+                        ("sami_train_grad_norm", stats["grad_norm"])):
         if math.isfinite(value):
             metrics.record(name, value, w.run_id, source="train")
-    log.info("train step %d/%d loss %.4f mi %.3f acc %.2f grad_norm %.3g lr %.2g %.0f tok/s", step, w.steps,
-             stats["loss"], stats["mi_bound"], stats["row_accuracy"], stats["grad_norm"], stats["lr"],
-             stats["tokens_per_s"])
+    mi = f" mi {stats['mi_bound']:.3f}" if "mi_bound" in stats else ""
+    log.info("train step %d/%d loss %.4f%s acc %.2f grad_norm %.3g lr %.2g %.0f tok/s", step, w.steps,
+             stats["loss"], mi, accuracy, stats["grad_norm"], stats["lr"], stats["tokens_per_s"])
     if w.sink is not None:
-        w.sink.add_step.remote({"step": step, "total_steps": w.steps,
-                                **{k: stats[k] for k in ("loss", "mi_bound", "row_accuracy", "grad_norm")}})
+        w.sink.add_step.remote({"step": step, "total_steps": w.steps, "loss": stats["loss"],
+                                "mi_bound": stats.get("mi_bound"), "accuracy": accuracy,
+                                "grad_norm": stats["grad_norm"]})
 
 
 def _maybe_report(w: _Worker, p: _Progress) -> None:
@@ -410,20 +471,20 @@ def _export(w: _Worker, p: _Progress) -> None:
     """Gather the trained weights (all ranks take part); report them, written by rank 0, as the last checkpoint."""
     from .export import gather_state_dict
 
-    probe = _probe_matrix(w.engine, w.examples[0], w.cfg.logprob_normalization)
+    probe = _probe_matrix(w.engine, w.examples[0], w.cfg.logprob_normalization) if w.cfg.objective == "sami" else None
     state = gather_state_dict(w.engine.module.model, w.rank)
     folder = _write_export(w, p, state, probe) if w.rank == 0 else None
     del state
     _report({"step": p.step, "exported": True}, folder)
 
 
-def _write_export(w: _Worker, p: _Progress, state: dict[str, Any], probe: list[list[float]]) -> str:
+def _write_export(w: _Worker, p: _Progress, state: dict[str, Any], probe: list[list[float]] | None) -> str:
     """Rank 0: a temp folder holding the HF model under model/ and the export marker with the run's summary."""
     from .export import write_hf_folder
 
     folder = Path(tempfile.mkdtemp(prefix="sami-export-"))
     write_hf_folder(state, w.init_path, folder / "model", _torch_dtype(w.cfg))
-    summary = {"steps": p.step, "total_steps": w.steps, "early_stopped": p.early_stopped,
+    summary = {"objective": w.cfg.objective, "steps": p.step, "total_steps": w.steps, "early_stopped": p.early_stopped,
                "resumed_from": w.start_step, "partition_numel": w.partition_numel, "param_numel": w.param_numel,
                "probe_matrix": probe}
     (folder / ckpt.EXPORT_MARKER).write_text(json.dumps(summary))
@@ -471,8 +532,9 @@ def _window_metrics(window: list[dict[str, float]], step: int, epoch: float) -> 
     out: dict[str, Any] = {"step": step, "epoch": epoch}
     if not window:
         return out
-    for key in (*STAT_KEYS, "mi_bound", "tokens_per_s", "step_time_s"):
-        out[key] = sum(w[key] for w in window) / len(window)
+    for key in window[0]:
+        if key not in ("lr", "grad_norm"):
+            out[key] = sum(w[key] for w in window) / len(window)
     out["lr"] = window[-1]["lr"]
     out["grad_norm"] = window[-1]["grad_norm"]
     out["steps_in_report"] = len(window)

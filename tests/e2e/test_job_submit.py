@@ -89,3 +89,16 @@ def test_demo_job_through_the_jobs_api(ray_head, tiny_config):
     for stage in ("principles", "iter-0000/eval", "iter-0001/samples", "iter-0001/model", "iter-0001/eval"):
         assert (run / stage / "MANIFEST.json").exists(), stage
     assert "final model: iter-0001/model" in logs
+    _assert_quiet_job_log_and_run_log(logs, run)
+
+
+def _assert_quiet_job_log_and_run_log(logs: str, run: Path) -> None:
+    """`ray job logs` holds the run's own lines only; the workers' lines are in the run folder's log."""
+    log_file = run / "logs" / "sami-ray.log"
+    assert f"log: {log_file}" in logs
+    ours = logs.split("Running entrypoint for job", 1)[1]  # before it: the `ray job` tools' own lines
+    noise = [line for line in ours.splitlines()
+             if any(n in line for n in ("pid=", "Warning", "RayTrainWorker", "TrainController", "INFO", "%|"))]
+    assert not noise and "\r" not in ours, noise[:20]
+    worker_lines = log_file.read_text()
+    assert "(PolicySampler pid=" in worker_lines and "RayTrainWorker" in worker_lines, worker_lines[-3000:]

@@ -138,9 +138,10 @@ def test_weak_to_strong_trains_mixtral_on_8_gpus_in_bf16_rmsprop():
     assert cfg.storage.uri == "s3://YOUR-BUCKET/sami-runs"
     assert cfg.sampler.engine.tensor_parallel_size > 1
     roles = {r.role: r for r in _plan(W2S).roles}
-    assert roles["trainer"].detail["bytes_per_param"] == 6.0
+    # The paper's pure bf16: DeepSpeed keeps bf16 weights, grads, master copy and RMSprop state (8 bytes/param).
+    assert t.master_weights == "bfloat16" and roles["trainer"].detail["bytes_per_param"] == 8.0
     # plan knows the other recipe too: fp32 master weights + AdamW do not fit these GPUs.
-    adamw = _plan(W2S, ["trainer.optimizer=adamw"])
+    adamw = _plan(W2S, ["trainer.optimizer=adamw", "trainer.master_weights=float32"])
     assert not adamw.fits and any(p.startswith("trainer:") for p in adamw.problems)
 
 

@@ -81,6 +81,20 @@ def test_local_folder_errors_name_the_path(tmp_path):
         resolve_model_path("justaname")
 
 
+def test_a_run_stands_for_its_final_model(tmp_path):
+    """SAMI after SFT: `models.policy.path` may name another run, which resolves to its committed final model."""
+    from sami_ray.config import load_config
+    from sami_ray.storage.run import RunStore
+
+    run = RunStore.create(load_config(None, [f"storage.uri={tmp_path / 'runs'}"]), "sft")
+    run_dir = tmp_path / "runs" / "sft"
+    with pytest.raises(UserError, match=rf"^model {run_dir}: this run has no final model"):
+        resolve_model_path(str(run_dir))
+    run.store.commit_stage("iter-0002/model", _model_folder(tmp_path / "trained"))
+    run.put_summary({"final_model": "iter-0002/model"})
+    assert resolve_model_path(str(run_dir)) == run_dir / "iter-0002" / "model"
+
+
 def test_unknown_builtin_is_named():
     with pytest.raises(UserError, match=r"^model builtin:nope: unknown built-in model; known: builtin:smollm2"):
         resolve_model_path("builtin:nope")

@@ -285,3 +285,39 @@ def test_a_cpu_replica_needs_a_cpu_per_tensor_parallel_rank():
     cfg = SamplerConfig(engine={"tensor_parallel_size": 2})
     with pytest.raises(SamplerError, match=r"resources.judge.num_cpus=1(.0)? is less than .*tensor_parallel_size=2"):
         SamplerPool("/m", cfg, RoleResources(num_cpus=1), role="judge")
+
+
+def test_training_data_follows_the_objective(tmp_path):
+    """SAMI trains on the samples; DPO on contrast pairs and SFT on distilled answers made from them, or on the
+    user's pairs file."""
+    from sami_ray.sami.constitutions import Principle, sample_constitutions
+    from sami_ray.sami.data import Query, SamiExample, read_jsonl, save_examples
+    from sami_ray.sami.pairs import TextPair, write_pairs
+    from sami_ray.sami.prompts import render_prompt
+
+    principles = [Principle("concise", "Be concise.", "Be verbose.")]
+    q = Query("q0", "How do I bake bread?")
+    cons = sample_constitutions(principles, 2, seed=0, key="q0", mode="all_or_none", first_all_positive=True)
+    samples = tmp_path / "examples.jsonl"
+    save_examples(samples, [SamiExample(q, cons, ["Knead, bake.", "Well, first of all, bread is..."],
+                                        [render_prompt("instruction", c.text, q.text) for c in cons])])
+
+    from transformers import AutoTokenizer
+
+    from tests.support.tiny_models import tiny_model
+
+    tok = AutoTokenizer.from_pretrained(tiny_model(kind="llama"))  # the user's prompts are checked for length
+
+    def data(*overrides):
+        roles = _roles(list(overrides), {"policy": tok})
+        return roles._training_data(samples, tmp_path / "-".join(overrides).replace("/", "_"))
+
+    assert data() == samples
+    (dpo,) = read_jsonl(data("trainer.objective=dpo"))
+    assert (dpo["chosen"], dpo["rejected"]) == ("Knead, bake.", "Well, first of all, bread is...")
+    (sft,) = read_jsonl(data("trainer.objective=sft"))
+    assert sft["completion"] == "Knead, bake." and "concise" not in sft["prompt"]
+    user = tmp_path / "prefs.jsonl"
+    write_pairs(user, [TextPair("u", "Hi?", "Hello.", "Go away.")])
+    (row,) = read_jsonl(data("trainer.objective=dpo", f"trainer.pairs_file={user}"))
+    assert row["prompt"] == "Hi?"
