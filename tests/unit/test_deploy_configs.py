@@ -23,7 +23,7 @@ from sami_ray.roles import engine_roles, role_specs
 
 REPO = Path(__file__).resolve().parents[2]
 JOBS = REPO / "jobs"
-CONFIGS = sorted(p for p in JOBS.glob("*.yaml") if p.name != "runtime_env.yaml")
+CONFIGS = sorted(p for p in JOBS.glob("*.yaml") if p.name not in ("runtime_env.yaml", "compare_demo.yaml"))  # run configs
 GPU_CONFIGS = [p for p in CONFIGS if p.name != "demo.yaml"]
 W2S = JOBS / "weak_to_strong_mixtral.yaml"
 AWS = REPO / "cluster" / "aws.yaml"
