@@ -225,6 +225,19 @@ class ConstitutionsConfig(Section):
         return self
 
 
+class WriterConfig(Section):
+    """How the principle writer (models.writer) rewords the seed principles, or writes its own."""
+
+    candidates: int = Field(default=8, ge=1, description="rewordings sampled per principle and per antithesis (or "
+                                                         "lists, with no seeds) in one batched call; the first "
+                                                         "that passes the checks is kept")
+    retries: int = Field(default=1, ge=0, description="further rounds of candidates for what is still missing")
+    paraphrases: int = Field(default=0, ge=0, description="further accepted rewordings kept per principle and "
+                                                          "antithesis, as its paraphrases (see "
+                                                          "constitutions.paraphrases)")
+    temperature: float = Field(default=1.0, gt=0, description="the writer's sampling temperature")
+
+
 # ---------------------------------------------------------------- sampling
 
 class FilterConfig(Section):
@@ -424,6 +437,7 @@ class RunConfig(Section):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
     constitutions: ConstitutionsConfig = Field(default_factory=ConstitutionsConfig)
+    writer: WriterConfig = Field(default_factory=WriterConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)

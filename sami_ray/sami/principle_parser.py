@@ -1,4 +1,4 @@
-"""Reading (principle, antithesis) pairs out of what a principle writer said, and checking them.
+"""Reading (principle, antithesis) pairs, or one reworded sentence, out of what a principle writer said; checks.
 
 Writer models are small and sloppy: they add prose around the answer, number or bullet the items, write JSON
 (sometimes in a code fence), repeat lines, or forget an antithesis. The parser takes what it can and drops the
@@ -141,6 +141,19 @@ def parse_principles(text: str) -> list[Pair]:
         if pairs:
             return _dedup(pairs)
     return _dedup(_pairs_from_lines(text))
+
+
+_REWRITE_LABEL = re.compile(r"^(?:rewritten|rewrite|instruction|principle|antithesis|answer)\s*[:：]\s*", re.IGNORECASE)
+
+
+def parse_rewrite(text: str) -> str:
+    """The one sentence a writer gave as a rewording: its first non-empty line, without a list marker, a leading
+    label ('Rewritten:') or quotes around it."""
+    for raw in text.splitlines():
+        line = _REWRITE_LABEL.sub("", _LIST_MARKER.sub("", raw.replace("**", "").strip()))
+        if line.strip():
+            return _clean(line)
+    return ""
 
 
 def validate_principles(pairs: Iterable[Pair], *, max_chars: int = 300,

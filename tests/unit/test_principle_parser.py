@@ -1,6 +1,6 @@
 """The principle parser on the kind of output small writer models really give."""
 
-from sami_ray.sami.principle_parser import normalise, parse_principles, validate_principles
+from sami_ray.sami.principle_parser import normalise, parse_principles, parse_rewrite, validate_principles
 
 
 def test_labelled_pairs_in_prose_and_lists():
@@ -90,3 +90,11 @@ def test_validate_max_chars_and_normalise():
     kept, problems = validate_principles([("Answer briefly.", "Answer at great length.")], max_chars=10)
     assert kept == [] and "longer than 10" in problems[0]
     assert normalise("  Be CONCISE!! ") == normalise("be concise")
+
+
+def test_parse_rewrite_takes_the_first_sentence_without_labels_or_quotes():
+    assert parse_rewrite(" Keep every answer under 40 words.") == "Keep every answer under 40 words."
+    assert parse_rewrite("\n\n**Rewritten:** \"Use bullet points.\"\nInstruction: more") == "Use bullet points."
+    assert parse_rewrite("1. Principle: Be brief.") == "Be brief."
+    assert parse_rewrite("Answer as a list: each line starts with '- '.") == "Answer as a list: each line starts with '- '."
+    assert parse_rewrite("  \n ") == "" and parse_rewrite("") == ""

@@ -215,8 +215,9 @@ def test_trainer_gets_task_max_prompt_tokens_and_the_worker_cuts_prompts(tmp_pat
     build_tokenizer().save_pretrained(tmp_path / "tok")
     cons = [Constitution(f"c{i}", (), t) for i, t in enumerate("tu")]
     row = SamiExample(Query("q", "x"), cons, ["a b", "c d"], ["word " * 50 + "end", "other " * 50 + "end"]).to_dict()
-    _, full = _tokenize(str(tmp_path / "tok"), [row])
-    _, cut = _tokenize(str(tmp_path / "tok"), [row], max_prompt_tokens=7)
+    _, full, ids = _tokenize(str(tmp_path / "tok"), [row], "sami")
+    _, cut, _ = _tokenize(str(tmp_path / "tok"), [row], "sami", max_prompt_tokens=7)
+    assert ids == ["q"]
     assert all(len(p) > 7 for p in full[0].prompt_ids)
     assert [len(p) for p in cut[0].prompt_ids] == [7, 7] and cut[0].prompt_ids[0] == full[0].prompt_ids[0][-7:]
 
