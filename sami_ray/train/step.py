@@ -192,17 +192,23 @@ class PairScorer(nn.Module):
 
     def _reference(self, examples: Sequence[TokenizedExample]) -> PairScores:
         batch = collate_pairs(examples, self.pad_token_id)
-        dev = self._device()
-        extra = {"output_router_logits": True} if self.router_logits else {}
-        out = self.model(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev),
-                         use_cache=False, **extra)
-        labels = batch.labels.to(dev)
-        lp = token_logprobs(out.logits, labels)
-        aux = getattr(out, "aux_loss", None) if self.router_logits else None
-        return PairScores(lp, labels, aux, batch.input_ids.numel())
+        return self._score_padded(batch.input_ids, batch.attention_mask, batch.labels)
 
     def _shared_prefix(self, examples: Sequence[TokenizedExample]) -> PairScores:
-        packed = pack_shared_prefix(examples, self.pad_token_id).to(self._device())
+        return self._score_packed(pack_shared_prefix(examples, self.pad_token_id))
+
+    def _score_padded(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> PairScores:
+        """One padded sequence per scored row: the model's full logits and a log-softmax over them."""
+        dev = self._device()
+        extra = {"output_router_logits": True} if self.router_logits else {}
+        out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False, **extra)
+        labels = labels.to(dev)
+        aux = getattr(out, "aux_loss", None) if self.router_logits else None
+        return PairScores(token_logprobs(out.logits, labels), labels, aux, ids.numel())
+
+    def _score_packed(self, packed: PackedPairs) -> PairScores:
+        """Packed rows under the tree mask; log-probs from the hidden states of the predicting positions only."""
+        packed = packed.to(self._device())
         mask = tree_attention_mask(packed.segments, self._dtype())
         extra = {"output_router_logits": True} if self.router_logits else {}
         out = self.model.base_model(input_ids=packed.input_ids, attention_mask=mask,
@@ -332,30 +338,10 @@ class ResponseScorer(PairScorer):
         return self._packed_responses(items)
 
     def _reference_responses(self, items: Sequence[TokenizedPair]) -> PairScores:
-        ids, mask, labels = collate_prompt_responses(items, self.pad_token_id)
-        dev = self._device()
-        extra = {"output_router_logits": True} if self.router_logits else {}
-        out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False, **extra)
-        labels = labels.to(dev)
-        aux = getattr(out, "aux_loss", None) if self.router_logits else None
-        return PairScores(token_logprobs(out.logits, labels), labels, aux, ids.numel())
+        return self._score_padded(*collate_prompt_responses(items, self.pad_token_id))
 
     def _packed_responses(self, items: Sequence[TokenizedPair]) -> PairScores:
-        packed = pack_prompt_responses(items, self.pad_token_id).to(self._device())
-        mask = tree_attention_mask(packed.segments, self._dtype())
-        extra = {"output_router_logits": True} if self.router_logits else {}
-        out = self.model.base_model(input_ids=packed.input_ids, attention_mask=mask,
-                                    position_ids=packed.position_ids, use_cache=False, **extra)
-        hidden = out.last_hidden_state
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        picked = flat.index_select(0, packed.gather_index.reshape(-1)).reshape(*packed.gather_index.shape, -1)
-        weight = self.model.get_output_embeddings().weight
-        lp = token_logprobs_from_hidden(picked, weight, packed.labels, chunk_size=self.chunk_size)
-        aux = None
-        if self.router_logits:
-            aux = _load_balancing(self.model, getattr(out, "router_logits", None),
-                                  (packed.segments != PAD_SEGMENT).to(hidden.dtype))
-        return PairScores(lp, packed.labels, aux, packed.input_ids.numel())
+        return self._score_packed(pack_prompt_responses(items, self.pad_token_id))
 
 
 class ResponseLogps(NamedTuple):
