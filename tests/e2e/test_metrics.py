@@ -38,14 +38,14 @@ def test_run_exports_dashboard_metrics(tiny_config):
         wanted = {"ray_sami_stage", "ray_sami_iteration", "ray_sami_train_loss", "ray_sami_mi_bound",
                   "ray_sami_checkpoint_upload_bytes_total", "ray_sami_samples_per_second"}
         deadline, found = time.time() + 60, {}
-        while time.time() < deadline:
+        while time.time() < deadline:  # the endpoint shows a gauge's new value at its next export
             found = _scrape(port)
-            if wanted <= set(found):
+            if wanted <= set(found) and found["ray_sami_stage"][-1][1] == 6:
                 break
             time.sleep(2)
         assert wanted <= set(found), sorted(found)
         value = dict((n, v[-1][1]) for n, v in found.items())
-        assert value["ray_sami_stage"] == 6  # done
+        assert value["ray_sami_stage"] == 6, found["ray_sami_stage"]  # done
         assert value["ray_sami_iteration"] == 1
         assert value["ray_sami_checkpoint_upload_bytes_total"] > 100_000  # at least one model was committed
         assert value["ray_sami_samples_per_second"] > 0
