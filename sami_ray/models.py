@@ -91,11 +91,16 @@ def _final_model_of_run(path: str, storage: Any) -> str | None:
     is no run (a run folder holds config.yaml where a model folder holds config.json)."""
     local = Path(path).expanduser()
     if path.startswith("s3://"):
+        from .errors import StoreError
         from .storage import CheckpointStore
 
-        store = CheckpointStore.open(path, **store_settings(storage))
-        if store.exists("config.json") or not store.exists("config.yaml"):
-            return None
+        try:
+            store = CheckpointStore.open(path, **store_settings(storage))
+            if store.exists("config.json") or not store.exists("config.yaml"):
+                return None
+        except StoreError:
+            return None  # the model fetch says what is wrong with the address, naming the model
+
     elif not (local / "config.yaml").is_file() or (local / "config.json").exists():
         return None
     from .storage.run import RunStore

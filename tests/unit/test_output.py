@@ -20,7 +20,7 @@ def test_quiet_session_keeps_the_terminal_for_the_run_and_the_rest_for_the_log(t
         logs.say("run: somewhere")
         print("a library's print")
         print("a library's bar\r 10%\r 50%\r100%", file=sys.stderr)
-        logging.getLogger("vllm").warning("a library's warning")
+        logging.getLogger("a_library").warning("a library's warning")  # vllm sets up its own handlers once imported
         warnings.warn("a worker-style FutureWarning", FutureWarning, stacklevel=1)
         logging.getLogger("sami_ray.stages").warning("our own warning")
         logs.ray_started()
@@ -56,7 +56,7 @@ def test_quiet_session_keeps_the_terminal_for_the_run_and_the_rest_for_the_log(t
     assert "0/272" not in text and "136/272" not in text and "0/2 " not in text  # a bar's last state only
     assert "__ray_tqdm_magic_token__" not in text and "Node status" not in text  # bar states, status tables
     for expected in ("before the run folder is known", "| run: somewhere", "[stdout] a library's print",
-                     "[stderr] 100%", "WARNING vllm: a library's warning", "FutureWarning",
+                     "[stderr] 100%", "WARNING a_library: a library's warning", "FutureWarning",
                      "WARNING sami_ray.stages: our own warning", "(PolicySampler pid=4242, ip=10.0.0.7) GGUF tensors: 100%",
                      "(PolicySampler pid=4242, ip=10.0.0.7) Loading shards:  50% Completed | 1/2",
                      "(PolicySampler pid=4242, ip=10.0.0.7) NUMA binding", "(RayTrainWorker pid=31) Setting up",
@@ -77,7 +77,7 @@ def test_verbose_session_streams_everything_and_still_writes_the_log(tmp_path, c
         with logs.session(verbose=True):
             logs.to_file(path)
             logs.ray_started()
-            logging.getLogger("vllm").warning("a library's warning")
+            logging.getLogger("a_library").warning("a library's warning")  # vllm sets up its own handlers once imported
             ray_lines.emit({"pid": 7, "task_name": "train_fn", "lines": ["step 1"]})
     finally:
         ray_lines.remove_handler("ray_print_logs")
