@@ -20,6 +20,12 @@ REDUCE_BUCKET_ELEMENTS = 500_000_000
 SUB_GROUP_ELEMENTS = 1_000_000_000
 
 
+def worker_clips(cfg: TrainerConfig) -> bool:
+    """At ZeRO stage 0 in fp32 DeepSpeed clips with torch and throws the gradient norm away; there the training
+    worker clips itself, in the one pass that also gives the norm it reports."""
+    return cfg.zero_stage == 0 and cfg.dtype == "float32"
+
+
 def build_ds_config(cfg: TrainerConfig, *, world_size: int, num_params: int | None = None) -> dict[str, Any]:
     """A DeepSpeed config dict. One DeepSpeed "sample" is one micro-batch of `micro_batch_queries` queries."""
     zero: dict[str, Any] = {"stage": cfg.zero_stage, "reduce_bucket_size": REDUCE_BUCKET_ELEMENTS}
@@ -48,7 +54,7 @@ def build_ds_config(cfg: TrainerConfig, *, world_size: int, num_params: int | No
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    if cfg.max_grad_norm is not None:
+    if cfg.max_grad_norm is not None and not worker_clips(cfg):
         config["gradient_clipping"] = cfg.max_grad_norm
     return config
 

@@ -367,9 +367,10 @@ def _stat_keys(objective: str) -> tuple[str, ...]:
 
 def _micro_step(w: _Worker, step: int, accum: int) -> tuple[dict[str, float], int, int, float | None]:
     """Forward and backward over this rank's micro-batch (DeepSpeed steps on the last): the objective's
-    statistics, the tokens run, N, and the gradient norm where DeepSpeed keeps none (ZeRO stage 0 in fp32: it
-    clips with torch and drops the norm)."""
+    statistics, the tokens run, N, and the gradient norm where the worker clips (`ds_config.worker_clips`)."""
     import torch
+
+    from .ds_config import worker_clips
 
     idx = micro_batch_indices(step, accum, w.rank, shard_size=len(w.examples),
                               micro_batch=w.cfg.micro_batch_queries, grad_accum=w.cfg.grad_accum, seed=w.seed)
@@ -378,10 +379,9 @@ def _micro_step(w: _Worker, step: int, accum: int) -> tuple[dict[str, float], in
     loss, stats, input_tokens, n = _objective(w, batch, idx)
     w.engine.backward(loss)
     own_norm = None
-    if w.engine.is_gradient_accumulation_boundary() and not w.engine.zero_optimization() \
-            and not w.engine.bfloat16_enabled():
-        grads = [p.grad for p in w.engine.module.parameters() if p.grad is not None]
-        own_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+    if w.engine.is_gradient_accumulation_boundary() and worker_clips(w.cfg):
+        own_norm = float(torch.nn.utils.clip_grad_norm_(w.engine.module.parameters(),
+                                                        w.cfg.max_grad_norm or float("inf")))
     w.engine.step()
     return stats, input_tokens, n, own_norm
 

@@ -122,6 +122,8 @@ def test_ds_config_from_trainer_config():
                         max_grad_norm=0.4)
     ds = build_ds_config(cfg, world_size=8, num_params=1000)
     assert ds["train_batch_size"] == 32 and ds["gradient_clipping"] == 0.4 and ds["bf16"]["enabled"]
+    # ZeRO stage 0 in fp32: the worker clips (and so has the norm); DeepSpeed must not clip a second time
+    assert "gradient_clipping" not in build_ds_config(TrainerConfig(zero_stage=0, max_grad_norm=0.4), world_size=1)
     zero = ds["zero_optimization"]
     assert zero["stage"] == 3 and zero["stage3_param_persistence_threshold"] == 0
     assert zero["offload_param"]["device"] == "cpu" and zero["offload_optimizer"]["device"] == "cpu"
