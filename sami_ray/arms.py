@@ -72,7 +72,6 @@ def _share(src: Any, dst: Any, stages: list[str]) -> None:
 def run_arms(job: ArmsJob, extra: list[str], say: Callable[[str], None]) -> list[str]:
     """Run (or resume) every arm; returns the arms' run URIs, in the job's order."""
     from .driver import Run
-    from .storage.run import RunStore
 
     uris: list[str] = []
     first: Any = None
@@ -80,9 +79,8 @@ def run_arms(job: ArmsJob, extra: list[str], say: Callable[[str], None]) -> list
         cfg = arm_config(job, arm, extra)
         run_id = f"{job.name}-{arm}"
         uri = f"{cfg.storage.uri.rstrip('/')}/{run_id}"
-        try:
-            RunStore.open(uri, cfg.storage.model_dump(exclude={"uri"}))
-            run = Run.resume(uri, progress=say)  # a killed job goes on where each arm stopped
+        try:  # a killed job goes on where each arm stopped
+            run = Run.resume(uri, cfg.storage.model_dump(exclude={"uri"}), progress=say)
         except UserError:
             run = Run.start(cfg, run_id=run_id, progress=say)
         if first is not None:
@@ -92,6 +90,6 @@ def run_arms(job: ArmsJob, extra: list[str], say: Callable[[str], None]) -> list
             run.execute()
         finally:
             run.shutdown()
-        first = first or RunStore.open(run.store.uri)
+        first = first or run.store
         uris.append(run.store.uri)
     return uris
