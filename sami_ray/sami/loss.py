@@ -87,8 +87,8 @@ def token_logprobs_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tenso
                                chunk_size: int = 512) -> torch.Tensor:
     """Like `token_logprobs`, but projects hidden states to the vocabulary chunk by chunk.
 
-    Each chunk's logits are recomputed in the backward pass (activation checkpointing), so neither the forward
-    nor the backward ever holds (positions x vocabulary) logits for more than one chunk. Only positions with a
+    With more than one chunk, each chunk's logits are recomputed in the backward pass (activation checkpointing),
+    so neither the forward nor the backward ever holds (positions x vocabulary) logits for more than one chunk. Only positions with a
     label are projected at all: prompt and padding positions cost nothing.
     """
     flat_h = hidden.reshape(-1, hidden.shape[-1])
@@ -96,9 +96,13 @@ def token_logprobs_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tenso
     keep = (flat_labels != IGNORE_INDEX).nonzero(as_tuple=True)[0]
     h, y = flat_h.index_select(0, keep), flat_labels.index_select(0, keep)
     pieces = []
+    # One chunk's logits are as large as recomputing them would hold in the backward pass: only several chunks
+    # are worth the recomputation.
+    grads = torch.is_grad_enabled() and (h.requires_grad or lm_head_weight.requires_grad)
+    recompute = grads and h.shape[0] > chunk_size
     for start in range(0, h.shape[0], chunk_size):
         args = (h[start:start + chunk_size], lm_head_weight, y[start:start + chunk_size])
-        if torch.is_grad_enabled() and (h.requires_grad or lm_head_weight.requires_grad):
+        if recompute:
             pieces.append(checkpoint(_hidden_chunk_logprobs, *args, use_reentrant=False))
         else:
             pieces.append(_hidden_chunk_logprobs(*args))

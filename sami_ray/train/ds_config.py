@@ -54,8 +54,10 @@ def build_ds_config(cfg: TrainerConfig, *, world_size: int, num_params: int | No
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    if cfg.max_grad_norm is not None and not worker_clips(cfg):
-        config["gradient_clipping"] = cfg.max_grad_norm
+    # Always set: DeepSpeed's own default clips at 1.0, so leaving it out would clip where the config says not to,
+    # or clip a second time after the worker did.
+    clips_here = cfg.max_grad_norm is not None and not worker_clips(cfg)
+    config["gradient_clipping"] = cfg.max_grad_norm if clips_here else 0.0
     return config
 
 

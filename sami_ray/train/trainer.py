@@ -226,7 +226,7 @@ def train(examples_path: str, init_model_path: str, ref_model_path: str | None, 
                              failure_config=FailureConfig(max_failures=trainer_cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=None)),
     )
-    t0 = time.perf_counter()
+    t0, t0_wall = time.perf_counter(), time.time()
     try:
         require_custom("trainer", resources, trainer_cfg.num_workers)  # Ray Train would wait for them forever
         with _StepWatcher(sink, on_step):
@@ -237,6 +237,7 @@ def train(examples_path: str, init_model_path: str, ref_model_path: str | None, 
     wall = time.perf_counter() - t0
     if result.checkpoint is None:
         raise RuntimeError("training finished without reporting the exported model")
+    t_fetch = time.perf_counter()
     out = Path(output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     # The checkpoint is fetched beside `out` (one file system), so its model's files move into place by renames.
@@ -248,7 +249,11 @@ def train(examples_path: str, init_model_path: str, ref_model_path: str | None, 
         with atomic_folder(out) as tmp:  # the folder appears whole or not at all
             for entry in (fetched / "model").iterdir():
                 os.replace(entry, tmp / entry.name)
+    phases = exported.get("phases") or {}
+    if "started_at" in phases:  # from the call to the first line of the worker's loop: the worker group's start
+        phases["group_start_s"] = phases.pop("started_at") - t0_wall
+    phases["fetch_s"] = time.perf_counter() - t_fetch
     last = next((m for m in reversed(metrics) if "loss" in m), {})
-    summary = {**exported, "wall_s": wall, "reports": len(metrics),
+    summary = {**exported, "phases": phases, "wall_s": wall, "reports": len(metrics),
                **{k: last[k] for k in ("loss", "mi_bound", "row_accuracy", "col_accuracy", "kl") if k in last}}
     return TrainResult(str(out), metrics, summary)

@@ -132,6 +132,7 @@ class _Worker:
     partition_numel: list[int] = field(default_factory=list)
     param_numel: int = 0
     start_step: int = 0
+    phases: dict[str, float] = field(default_factory=dict)  # where this rank's time went, for the run's summary
 
 
 @dataclass
@@ -154,12 +155,18 @@ def train_loop(config: dict[str, Any]) -> None:
     """Ray Train's `train_loop_per_worker`. `config` comes from `trainer.train` (plain data only)."""
     import ray.train
 
+    started_at = time.time()  # wall clock: the driver compares it with its own to see how long the group took
+    t0 = time.perf_counter()
     w = _setup(config)
+    w.phases.update(started_at=started_at, setup_s=time.perf_counter() - t0)
     restored = ray.train.get_checkpoint()
     if restored is not None and _is_exported(restored):
         return  # a restart after the model was exported: nothing left to do
+    t0 = time.perf_counter()
     _build_engines(w)
     w.start_step = _restore(w.engine, restored)
+    w.phases["engines_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     progress = _Progress(step=w.start_step)
     while progress.step < w.steps:
         stats = _train_step(w, progress.step)
@@ -170,6 +177,7 @@ def train_loop(config: dict[str, Any]) -> None:
         _maybe_report(w, progress)
         if progress.early_stopped:
             break
+    w.phases["steps_s"] = time.perf_counter() - t0
     _export(w, progress)
 
 
@@ -471,8 +479,10 @@ def _export(w: _Worker, p: _Progress) -> None:
     """Gather the trained weights (all ranks take part); report them, written by rank 0, as the last checkpoint."""
     from .export import gather_state_dict
 
+    t0 = time.perf_counter()
     probe = _probe_matrix(w.engine, w.examples[0], w.cfg.logprob_normalization) if w.cfg.objective == "sami" else None
     state = gather_state_dict(w.engine.module.model, w.rank)
+    w.phases["gather_s"] = time.perf_counter() - t0
     folder = _write_export(w, p, state, probe) if w.rank == 0 else None
     del state
     _report({"step": p.step, "exported": True}, folder)
@@ -482,11 +492,13 @@ def _write_export(w: _Worker, p: _Progress, state: dict[str, Any], probe: list[l
     """Rank 0: a temp folder holding the HF model under model/ and the export marker with the run's summary."""
     from .export import write_hf_folder
 
+    t0 = time.perf_counter()
     folder = Path(tempfile.mkdtemp(prefix="sami-export-"))
     write_hf_folder(state, w.init_path, folder / "model", _torch_dtype(w.cfg))
+    w.phases["write_s"] = time.perf_counter() - t0
     summary = {"objective": w.cfg.objective, "steps": p.step, "total_steps": w.steps, "early_stopped": p.early_stopped,
                "resumed_from": w.start_step, "partition_numel": w.partition_numel, "param_numel": w.param_numel,
-               "probe_matrix": probe}
+               "probe_matrix": probe, "phases": w.phases}
     (folder / ckpt.EXPORT_MARKER).write_text(json.dumps(summary))
     return str(folder)
 

@@ -92,13 +92,14 @@ def test_chunked_logprobs_equal_plain_log_softmax():
                               atol=1e-6)
 
 
-def test_logprobs_from_hidden_equal_plain_path_with_gradients():
+@pytest.mark.parametrize("chunk", [4, 64])  # several chunks, recomputed in the backward pass; one, kept
+def test_logprobs_from_hidden_equal_plain_path_with_gradients(chunk):
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(2, 9, 16, generator=g, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(40, 16, generator=g, dtype=torch.float64, requires_grad=True)
     labels = torch.randint(0, 40, (2, 9), generator=g)
     labels[0, :3] = IGNORE_INDEX
-    fast = token_logprobs_from_hidden(hidden, weight, labels, chunk_size=4)
+    fast = token_logprobs_from_hidden(hidden, weight, labels, chunk_size=chunk)
     plain = _plain_token_logprobs(hidden @ weight.t(), labels)
     assert torch.allclose(fast, plain, atol=1e-10)
     gf = torch.autograd.grad(fast.sum(), (hidden, weight))

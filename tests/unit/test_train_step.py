@@ -122,8 +122,15 @@ def test_ds_config_from_trainer_config():
                         max_grad_norm=0.4)
     ds = build_ds_config(cfg, world_size=8, num_params=1000)
     assert ds["train_batch_size"] == 32 and ds["gradient_clipping"] == 0.4 and ds["bf16"]["enabled"]
-    # ZeRO stage 0 in fp32: the worker clips (and so has the norm); DeepSpeed must not clip a second time
-    assert "gradient_clipping" not in build_ds_config(TrainerConfig(zero_stage=0, max_grad_norm=0.4), world_size=1)
+    # ZeRO stage 0 in fp32: the worker clips (and so has the norm); DeepSpeed must not clip a second time, nor
+    # clip at its own default (1.0) where the config says not to clip at all
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    for no_ds_clip in (TrainerConfig(zero_stage=0, max_grad_norm=0.4), TrainerConfig(max_grad_norm=None)):
+        built = build_ds_config(no_ds_clip, world_size=1)
+        assert built["gradient_clipping"] == 0.0
+        assert DeepSpeedConfig(built).gradient_clipping == 0.0
+    assert DeepSpeedConfig({"train_batch_size": 1}).gradient_clipping == 1.0  # why the key is always written
     zero = ds["zero_optimization"]
     assert zero["stage"] == 3 and zero["stage3_param_persistence_threshold"] == 0
     assert zero["offload_param"]["device"] == "cpu" and zero["offload_optimizer"]["device"] == "cpu"
