@@ -2,8 +2,12 @@
 
 A policy can separate constitutions by answering one of them with evasive one-liners ("I understand these
 instructions clearly."). Per constitution we measure:
-- on-topic share: the answer shares at least one content word with the query (stop words removed; words match
-  on a crude stem or a long common prefix). Cheap, deterministic and model-free; it tracked the failure seen on
+- on-topic share: the answer shares at least one content word with the query's topic text: the query and the base
+  model's answers to the same query under the other constitutions (stop words removed; words match on a crude
+  stem or a long common prefix). The base answers widen the query's few words to the topic's vocabulary, so a
+  terse on-topic answer ("Join a club or community." to "How can I make new friends in a new city?") counts, while a
+  non-answer still shares nothing; they come from the other constitutions for the base model too, so both sides
+  are measured the same way. Cheap, deterministic and model-free; it tracked the failure seen on
   these machines (0.88 -> 0.38 -> 0.03), while a measure scored by the policy itself could be gamed by that same
   policy. It misses on-topic answers that use none of the query's words (about 1 in 24 base SmolLM2 answers),
   which is why the flag compares with the base model's share rather than with 100%;
@@ -37,6 +41,20 @@ def is_on_topic(response: str, query: str) -> bool:
     """Shares a content word stem with the query; a query with no content words cannot be judged and counts as met."""
     shared = shares_content(query, response)
     return shared is None or shared
+
+
+def topic_texts(answers: Sequence[tuple], base_records: Sequence[Mapping]) -> dict[tuple[str, str], str]:
+    """(query text, constitution id) -> the query followed by the base model's answers to that query under the
+    other constitutions. `answers`: (constitution, query, seed, response) as the runner has them; `base_records`:
+    the base model's report's responses (query_id, constitution_id, response)."""
+    by_query: dict[str, list[tuple[str, str]]] = {}
+    for r in base_records:
+        by_query.setdefault(r["query_id"], []).append((r["constitution_id"], r["response"]))
+    out = {}
+    for c, q, _, _ in answers:
+        others = [text for cid, text in by_query.get(q.id, []) if cid != c.id]
+        out[(q.text, c.id)] = "\n".join([q.text, *others])
+    return out
 
 
 def is_evasive(response: str) -> bool:

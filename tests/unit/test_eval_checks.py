@@ -232,3 +232,20 @@ def test_report_json_has_no_nan(tmp_path):
     assert read_report(tmp_path / "eval")["mi_bound"]["per_seed"] == [{"loss": None}]
     assert "MI bound" in format_summary([read_report(tmp_path / "eval")])
     assert format_summary([]) == "no evaluations"
+
+
+def test_topic_text_widens_the_query_with_the_base_answers_under_the_other_constitutions():
+    from types import SimpleNamespace as NS
+
+    q = NS(id="q1", text="How can I make new friends in a new city?")
+    plus, minus = NS(id="+a"), NS(id="-a")
+    base = [{"query_id": "q1", "constitution_id": "+a", "response": "Say hello to your neighbours."},
+            {"query_id": "q1", "constitution_id": "-a", "response": "Join a club, a sports team or a community "
+                                                                    "group; volunteering helps as well."}]
+    topics = deg.topic_texts([(plus, q, 0, "x"), (minus, q, 0, "y")], base)
+    terse = "- Join a running club.\n- Volunteer on weekends."
+    assert not deg.is_on_topic(terse, q.text)  # no word of the question itself
+    assert deg.is_on_topic(terse, topics[(q.text, "+a")])  # the base model's other answer names the topic's words
+    assert not deg.is_on_topic("I understand these instructions clearly.", topics[(q.text, "+a")])
+    # an answer never counts through the base model's answer under its own constitution
+    assert "neighbours" not in topics[(q.text, "+a")] and "neighbours" in topics[(q.text, "-a")]
