@@ -65,8 +65,9 @@ class ModelSpec(Section):
     max_model_len: int | None = Field(default=None, gt=0,
                                       description="context length of this role's engine, where the engine leaves it unset")
     engine: EngineOptions | None = Field(
-        default=None, description="the writer's or the judge's engine options (the policy's are sampler.engine); "
-                                  "unset: the defaults, resolved with this spec and the role's resources")
+        default=None, description="the writer's, the judge's or the sampler model's engine options (the policy's "
+                                  "are sampler.engine); unset: the defaults (models.sampler: the policy's "
+                                  "sampler.engine), resolved with this spec and the role's resources")
 
     @field_validator("chat_template", mode="before")
     @classmethod
@@ -78,6 +79,11 @@ class ModelsConfig(Section):
     policy: ModelSpec = Field(default_factory=lambda: ModelSpec(path=DEMO_MODEL))
     writer: ModelSpec | None = None  # None: the configured principles are used as written
     judge: ModelSpec | None = None  # the local judge's model (evaluation.judge.kind: local)
+    sampler: ModelSpec | None = Field(
+        default=None, description="the model that samples the training data, the same in every iteration, while the "
+                                  "policy is trained and evaluated (the multi-task paper samples with an instruct "
+                                  "model to train a base model); it takes the policy's sampler slot "
+                                  "(resources.sampler, sampler.replicas) while sampling. Unset: the policy samples")
 
     @model_validator(mode="after")
     def _policy_engine_is_the_samplers(self) -> ModelsConfig:
@@ -262,6 +268,10 @@ class SamplerConfig(Section):
     engine: EngineOptions = Field(default_factory=EngineOptions, description="the policy's engine options")
     filters: FilterConfig = Field(default_factory=FilterConfig)
     max_retries: int = Field(default=3, ge=0, description="retries of a batch whose replica died")
+    samples_file: str | None = Field(
+        default=None, description="iteration 1 trains on this file instead of sampling: the SAMI reference's "
+                                  "generated data ({example_id: [{prompt, response}, ...]}, a path or s3:// URI), "
+                                  "prompts and responses used as they are; later iterations sample as usual")
 
 
 # ---------------------------------------------------------------- training
@@ -364,7 +374,23 @@ class JudgeConfig(Section):
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=2, ge=0)
-    baseline: Literal["base", "previous"] = "base"
+    baseline: str = Field(
+        default="base", description="what each iteration's answers are judged against: 'base' (the base model's "
+        "evaluation), 'previous' (the previous iteration's) or a responses file (.jsonl as `sami-ray answers` "
+        "writes, or a SAMI reference response .json), matched by (query, constitution) text; a named model or "
+        "another run's model first becomes such a file with `sami-ray answers MODEL --job CONFIG --out FILE`")
+    template: str | None = Field(
+        default=None, description="the judge's pairwise prompt template file, with the placeholders {principles}, "
+        "{query}, {answer_a}, {answer_b} (default: the template shipped for task.kind)")
+
+    @field_validator("baseline")
+    @classmethod
+    def _baseline_kind(cls, v: str) -> str:
+        if v in ("base", "previous") or v.endswith((".jsonl", ".json")):
+            return v
+        raise ValueError(f"baseline {v!r}: give 'base', 'previous' or a responses file (.jsonl or .json); for a "
+                         "named model or another run, write its answers first: sami-ray answers MODEL_OR_RUN "
+                         "--job CONFIG --out answers.jsonl")
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> JudgeConfig:
@@ -383,7 +409,18 @@ class EvaluationConfig(Section):
     on_topic_drop_points: float = Field(default=5.0, ge=0)
     on_degeneration: Literal["warn", "stop", "rollback"] = "rollback"
     sample_answers: int = Field(default=2, ge=0)
-    gsm8k_k: int = Field(default=0, ge=0, le=10, description="pass@k samples per GSM8K problem (0: off)")
+    gsm8k_k: int = Field(default=0, ge=0, le=10, description="GSM8K protocol on held-out problems with a reference "
+                                                            "answer: greedy pass@1 and pass@k of k sampled answers "
+                                                            "(0: off)")
+    gsm8k_prompt: Literal["neutral", "constitution"] = Field(
+        default="neutral", description="GSM8K's prompt: 'neutral' (the task description alone, no principles and "
+                                       "no answer format: the model's own behaviour, which no antithesis being "
+                                       "trained contradicts) or 'constitution' (each problem's first evaluation "
+                                       "constitution)")
+    mtbench: bool | None = Field(
+        default=None, description="MT-Bench protocol with the judge: both turns answered, each graded 1-10, and a "
+                                  "pairwise win rate per category against the baseline (unset: on when the "
+                                  "held-out queries are MT-Bench questions and a judge is configured)")
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     plots: bool = True
 
@@ -449,20 +486,28 @@ class RunConfig(Section):
         "policy": ("models.policy", "sampler.engine", "resources.sampler"),
         "writer": ("models.writer", "models.writer.engine", "resources.writer"),
         "judge": ("models.judge", "models.judge.engine", "resources.judge"),
+        # after the policy: its engine options (resolved) are the sampler model's defaults
+        "sampler": ("models.sampler", "models.sampler.engine", "resources.sampler"),
     }
 
     def role_model(self, role: str) -> ModelSpec | None:
-        return {"policy": self.models.policy, "writer": self.models.writer, "judge": self.models.judge}[role]
+        return {"policy": self.models.policy, "writer": self.models.writer, "judge": self.models.judge,
+                "sampler": self.models.sampler}[role]
 
     def role_resources(self, role: str) -> RoleResources:
-        """Per replica: the policy's sampler replicas, the writer, the local judge."""
+        """Per replica: the policy's sampler replicas (models.sampler takes their place), the writer, the judge."""
         r = self.resources
-        return {"policy": r.sampler, "writer": r.writer, "judge": r.judge}[role]
+        return {"policy": r.sampler, "writer": r.writer, "judge": r.judge, "sampler": r.sampler}[role]
 
     def role_engine(self, role: str) -> EngineOptions:
         """The role's engine options (resolved when the config loaded)."""
         model = self.role_model(role)
         engine = self.sampler.engine if role == "policy" else (model.engine if model else None)
+        if engine is None and role == "sampler" and model is not None:
+            # The policy's slot and engine options, with this model's own dtype and context length where it sets them
+            own = {"dtype": model.dtype} if model.dtype != "auto" else {}
+            own.update({"max_model_len": model.max_model_len} if model.max_model_len else {})
+            engine = self.sampler.engine.model_copy(update=own)
         return engine if engine is not None else EngineOptions()
 
     @model_validator(mode="after")
@@ -498,6 +543,17 @@ class RunConfig(Section):
                     self.sampler.engine = resolved
                 else:  # a copy: a spec object shared with another role keeps its own engine
                     setattr(self.models, role, model.model_copy(update={"engine": resolved}))
+        return self
+
+    @model_validator(mode="after")
+    def _gsm8k_evaluates_on_its_test_file(self) -> RunConfig:
+        """GSM8K is scored on its own test file: problems split off the training file would report another number
+        than the papers' (and the protocol's) while looking the same."""
+        q = self.task.queries
+        if q.format == "gsm8k" and self.evaluation.enabled and q.eval_source is None and q.held_out > 0:
+            raise ValueError("task.queries.format is gsm8k but task.queries.eval_source is unset: GSM8K is evaluated "
+                             "on its test file (e.g. grade_school_math/data/test.jsonl), never on held-out problems "
+                             "of the training file; set eval_source, or evaluation.enabled: false")
         return self
 
     def redacted_dict(self) -> dict[str, Any]:

@@ -47,18 +47,19 @@ class RoleSpec:
 
 
 def role_specs(cfg: RunConfig) -> dict[str, RoleSpec]:
-    """The spec of every configured role: 'policy' always, 'writer' and 'judge' when their models are set.
+    """The spec of every configured role: 'policy' always; 'writer', 'judge' and 'sampler' (models.sampler, the
+    model that samples the training data) when their models are set.
 
     Each role has its own model spec, engine options (resolved when the config loaded: `RunConfig.role_engine`)
     and resources; the writer and the judge run one engine each. Needs no Ray: `plan` reads the same specs.
     """
     specs: dict[str, RoleSpec] = {}
-    for role in ("policy", "writer", "judge"):
+    for role in ("policy", "writer", "judge", "sampler"):
         model = cfg.role_model(role)
         if model is None:
             continue
         update: dict[str, Any] = {"engine": cfg.role_engine(role)}
-        if role != "policy":
+        if role not in ("policy", "sampler"):  # the sampler model takes the policy pool's place, replicas and all
             update["replicas"] = 1
         specs[role] = RoleSpec(role, model, cfg.sampler.model_copy(update=update), cfg.role_resources(role))
     return specs
@@ -70,11 +71,16 @@ def writes_principles(cfg: RunConfig) -> bool:
 
 
 def engine_roles(cfg: RunConfig) -> list[RoleSpec]:
-    """The roles that start engines of their own in a run: the policy's sampler pool; the writer when it writes
-    principles on a model other than the policy's (else it runs on the policy's pool); the local judge."""
+    """The roles that start engines of their own in a run: the policy's sampler pool; models.sampler when it differs
+    from the policy (on the pool's GPUs, in turn with the policy: `Roles.sampler`); the writer when it writes
+    principles on a model other than the policy's and the sampler's (else it runs on that pool); the local judge."""
     specs = role_specs(cfg)
     out = [specs["policy"]]
-    if writes_principles(cfg) and not specs["writer"].same_model(specs["policy"]):
+    pools = [specs["policy"]]
+    if "sampler" in specs and not specs["sampler"].same_model(specs["policy"]):
+        out.append(specs["sampler"])
+        pools.append(specs["sampler"])
+    if writes_principles(cfg) and not any(specs["writer"].same_model(p) for p in pools):
         out.append(specs["writer"])
     if cfg.evaluation.judge.kind == "local" and "judge" in specs:
         out.append(specs["judge"])
@@ -136,6 +142,7 @@ class Roles:
         self.timed = timed or (lambda _name, fn, *a, **kw: fn(*a, **kw))
         self._pool = None
         self._pool_model: str | None = None
+        self._pool_role = "policy"  # which model the one sampler pool serves: the policy's or models.sampler
         self._judge = None
         self._tokenizers: dict[tuple[str, str | None], Any] = {}
 
@@ -166,8 +173,9 @@ class Roles:
             return None
         return chat_tokenizer_for(mode, self.tokenizer_of(role), f"models.{role}.chat_template")
 
-    def render(self, constitution_text: str, query_text: str) -> str:
-        return render_prompt(self.cfg.task.kind, constitution_text, query_text, self.chat_tokenizer())
+    def render(self, constitution_text: str, query_text: str, role: str = "policy") -> str:
+        """A prompt as `role`'s model sees it (through its own chat template per models.<role>.chat_template)."""
+        return render_prompt(self.cfg.task.kind, constitution_text, query_text, self.chat_tokenizer(role))
 
     def policy(self, model: str | None = None):
         """The sampler pool on `model` (a committed stage's URI or folder; None: the base model), its weights
@@ -177,6 +185,7 @@ class Roles:
 
         spec = self.specs["policy"]
         ref = model or spec.model.path
+        self._release_pool_unless("policy")
         if self._pool is None:
             ensure_ray(self.cfg.resources)
             self._pool = self.timed("sampler_start", SamplerPool, ref, spec.sampler, spec.resources,
@@ -186,6 +195,33 @@ class Roles:
             self.timed("weight_sync", sync, self._pool, ref)
         self._pool_model = ref
         return self._pool
+
+    def sampler(self):
+        """The generator of the samples stage on models.sampler (fixed in every iteration). The same model as the
+        policy's base: the policy's pool on the base weights. Another model: the pool is restarted on it (and on
+        the policy again when evaluation asks for it). A restart, not a weight reload: vLLM reloads weights into
+        the engine it has, whose tokenizer and architecture the other model need not share. The pool's place
+        (resources.sampler, sampler.replicas) is the same, so the two never hold GPUs at once."""
+        from .actors.sampler import SamplerPool
+
+        spec = self.specs["sampler"]
+        if spec.same_model(self.specs["policy"]):
+            return self.policy(None)
+        self._release_pool_unless("sampler")
+        if self._pool is None:
+            ensure_ray(self.cfg.resources)
+            self._pool = self.timed("sampler_model_start", SamplerPool, spec.model.path, spec.sampler,
+                                    spec.resources, runtime_env=runtime_env(), storage=self.cfg.storage,
+                                    gguf_file=spec.model.gguf_file)
+            self._pool_role, self._pool_model = "sampler", spec.model.path
+        return self._pool
+
+    def _release_pool_unless(self, role: str) -> None:
+        """Shut the pool down when it serves the other model (the next call starts it on this role's)."""
+        if self._pool is not None and self._pool_role != role:
+            self._pool.shutdown()
+            self._pool, self._pool_model = None, None
+        self._pool_role = role
 
     def forget_policy_weights(self) -> None:
         """The folder the pool was loaded from is about to hold other weights: reload it on next use."""
@@ -203,9 +239,14 @@ class Roles:
         k = len(seeds) or self.cfg.constitutions.num_principles
         options = dict(candidates=w.candidates, retries=w.retries, paraphrases=w.paraphrases,
                        temperature=w.temperature)
+        pool = None
         if spec.same_model(self.specs["policy"]):
-            # The policy's model writes the principles: its sampler pool is the writer, no second engine starts.
-            core = PrincipleWriterCore(self.policy(None), self.chat_tokenizer("writer"), **options)
+            pool = self.policy(None)
+        elif "sampler" in self.specs and spec.same_model(self.specs["sampler"]):
+            pool = self.sampler()  # the multi-task paper's instruct model writes the principles and samples
+        if pool is not None:
+            # The policy's (or the sampler model's) pool is the writer: no second engine starts.
+            core = PrincipleWriterCore(pool, self.chat_tokenizer("writer"), **options)
             return core.write(description, seeds, k, fallback_to_seeds=True, seed=seed)
         import ray
 
@@ -305,4 +346,5 @@ class Roles:
                 pool.shutdown()
         self._pool = self._judge = None
         self._pool_model = None
+        self._pool_role = "policy"
 

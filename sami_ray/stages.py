@@ -5,6 +5,8 @@ principles                      written once, reused by every iteration
 iter-0000/eval                  the base model, the baseline of every comparison
 iter-k/samples -> iter-k/model -> iter-k/eval   for k = 1..iterations
 ```
+Iteration 1's samples are imported instead of sampled when `sampler.samples_file` names the SAMI reference's
+generated data; every later iteration samples (from the model trained so far, or from models.sampler when set).
 A walk skips every committed stage, so a killed run continues where it stopped and (with the same seed) ends with
 the same results as an uninterrupted one. A committed stage found corrupt where it is used is discarded and the
 walk starts again. The loop is handed the run store and the roles; it owns no resource itself, so it is
@@ -135,14 +137,22 @@ class StageLoop:
 
     def sample_examples(self, k: int, model_stage: str | None, queries: list[Query],
                         principles: PrincipleSet) -> tuple[list[SamiExample], dict]:
-        """Every query answered under each of its N constitutions; examples the filters refuse are dropped."""
+        """Every query answered under each of its N constitutions; examples the filters refuse are dropped.
+
+        With models.sampler that model answers (in every iteration), its prompts framed as it expects (its own
+        chat template); the examples keep the policy's prompts, which the trainer tokenises anew from their text,
+        so the two models' tokenizers need not agree."""
         c = self.cfg.constitutions
         plan = constitutions_per_query(queries, principles.principles, c, c.n, seed=self.cfg.run.seed, tag=k)
         prompts = [[self.roles.render(con.text, q.text) for con in cons] for q, cons in plan]
         seeds = [derive_seed(self.cfg.run.seed, "sample", self.cfg.sampler.seed, k, q.id, j)
                  for q, cons in plan for j in range(len(cons))]
-        flat = self.policy(model_stage).generate([p for ps in prompts for p in ps], sampling_from(self.cfg.sampler),
-                                                 seeds)
+        if self.cfg.models.sampler is not None:
+            asked = [self.roles.render(con.text, q.text, role="sampler") for q, cons in plan for con in cons]
+            generator = self.roles.sampler()
+        else:
+            asked, generator = [p for ps in prompts for p in ps], self.policy(model_stage)
+        flat = generator.generate(asked, sampling_from(self.cfg.sampler), seeds)
         filt = ResponseFilter.from_config(self.cfg.sampler.filters)
         kept, dropped, at = [], {}, 0
         for (q, cons), ps in zip(plan, prompts, strict=True):
@@ -159,6 +169,8 @@ class StageLoop:
         key = stage_key(k, "samples")
         if self.store.is_committed(key) and (fetched := self.store.fetch(key)) is not None:
             return fetched / "examples.jsonl"
+        if k == 1 and self.cfg.sampler.samples_file:
+            return self._import_samples(key, self.cfg.sampler.samples_file)
         queries = self.iteration_queries(k, train)
         metrics.set_stage(self.store.run_id, "sample", k)
         t0 = time.perf_counter()
@@ -174,12 +186,51 @@ class StageLoop:
             save_examples(Path(tmp) / "examples.jsonl", kept)
             (Path(tmp) / "stats.json").write_text(json.dumps({"kept": len(kept), "queries": len(queries),
                                                               "dropped": dropped}))
-            self._commit(key, Path(tmp), meta={"kept": len(kept), "dropped": dropped,
-                                               "sampled_with": model_stage or "base"})
+            sampled_with = self.cfg.models.sampler.path if self.cfg.models.sampler else model_stage or "base"
+            self._commit(key, Path(tmp), meta={"kept": len(kept), "dropped": dropped, "sampled_with": sampled_with})
+        return self._fetched_examples(key)
+
+    def _fetched_examples(self, key: str) -> Path:
         fetched = self.store.fetch(key)
         if fetched is None:
             raise UserError(f"{self.store.url(key)} was corrupt right after its upload; check the store")
         return fetched / "examples.jsonl"
+
+    def _import_samples(self, key: str, source: str) -> Path:
+        """Iteration 1's samples from the SAMI reference's generated data (sampler.samples_file, a path or an s3://
+        URI): every example, prompts and responses as the file has them; committed as a sampled stage is."""
+        from .sami.datasets.reference_samples import read_reference_samples
+
+        metrics.set_stage(self.store.run_id, "sample", 1)
+        with tempfile.TemporaryDirectory(dir=self.store.cache, prefix="import-") as download:
+            local = self._local_copy(source, Path(download) / "samples.json")
+            examples = self.timed("iter1_import", read_reference_samples, local, source)
+        self.say(f"iteration 1: {len(examples)} examples (N = {examples[0].n}) imported from {source}; "
+                 "sampling skipped (sampler.samples_file)")
+        with tempfile.TemporaryDirectory(dir=self.store.cache, prefix="samples-") as tmp:
+            save_examples(Path(tmp) / "examples.jsonl", examples)
+            (Path(tmp) / "stats.json").write_text(json.dumps({"kept": len(examples), "imported_from": source}))
+            self._commit(key, Path(tmp), meta={"kept": len(examples), "dropped": {}, "sampled_with": source})
+        return self._fetched_examples(key)
+
+    def _local_copy(self, source: str, dest: Path) -> Path:
+        """`source` as a file on this node: a local path as it is, an s3:// object downloaded to `dest`."""
+        if not source.startswith("s3://"):
+            return Path(source)
+        from .model_sources import store_settings
+        from .storage import CheckpointStore, Location
+
+        loc = Location.parse(source)
+        parent, _, leaf = loc.path.rpartition("/")
+        if not leaf:
+            raise UserError(f"sampler.samples_file {source}: name a file in the bucket (s3://bucket/key.json)")
+        try:
+            data = CheckpointStore.open(f"s3://{loc.bucket}/{parent}", **store_settings(self.cfg.storage)) \
+                .get_bytes(leaf)
+        except FileNotFoundError:
+            raise UserError(f"sampler.samples_file {source}: no such object") from None
+        dest.write_bytes(data)
+        return dest
 
     def model(self, k: int, init_stage: str | None, examples_path: Path) -> str:
         key = stage_key(k, "model")
@@ -232,7 +283,8 @@ class StageLoop:
         report = evaluate_iteration(self.policy(model_stage), held_out, principles.principles, self.cfg.evaluation,
                                     self.cfg.task.kind, self.roles.render, k, base_report, self.cfg.run.seed,
                                     self.cfg.sampler, self.cfg.constitutions, judge_policy=self.roles.judge(),
-                                    baseline_report=previous)
+                                    baseline_report=previous, chat_tokenizer=self.roles.chat_tokenizer(),
+                                    task_description=self.cfg.task.description)
         report["model"] = model_stage or "base"
         return report
 

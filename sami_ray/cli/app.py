@@ -1,4 +1,4 @@
-"""`sami-ray run | resume | status | principles | eval | serve | plan`.
+"""`sami-ray run | resume | status | principles | eval | compare | judge | answers | serve | plan`.
 
 A UserError (bad config, bad data, unreachable store) is printed as one message without a traceback; bugs keep
 their tracebacks.
@@ -174,6 +174,38 @@ def compare_cmd(targets: Annotated[list[str] | None, typer.Argument(metavar="RUN
                          overrides=list(overrides or []), out=out, progress=_say)
     print(markdown_table(doc))
     print("written: " + ", ".join(str(p) for p in paths.values()))
+
+
+@app.command("judge")
+def judge_cmd(a: Annotated[str, typer.Argument(help="the candidate: a responses file (.jsonl, or a SAMI reference "
+                                               ".json), a run (folder or URI) or a model")],
+              b: Annotated[str, typer.Argument(help="the baseline, as A")],
+              job: Annotated[str | None, typer.Option(help="run config for the judge and, for models, the held-out "
+                                                       "queries and constitutions (default: the first run's "
+                                                       "config, else the demo)")] = None,
+              out: Annotated[str | None, typer.Option(help="the result's JSON file; the raw judgments go beside it "
+                                                       "(.judgments.jsonl), and a model's answers too")] = None
+              ) -> None:
+    """Win rate of A over B with the configured judge (both orders, ties, unparsed, lengths, length-controlled)."""
+    from .judge import format_result, judge_targets
+
+    _setup_logging(False)
+    doc, paths = judge_targets(a, b, job=job, out=out, progress=_say)
+    print(format_result(doc))
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+
+
+@app.command("answers")
+def answers_cmd(target: Annotated[str, typer.Argument(help="a model (folder, builtin:NAME, hub id, s3://), a run "
+                                                      "or a responses file")],
+                job: Annotated[str | None, typer.Option(help="run config: held-out queries, constitutions, "
+                                                         "sampling (default: the run's config, else the demo)")] = None,
+                out: Annotated[str, typer.Option(help="the responses file to write")] = "answers.jsonl") -> None:
+    """Write a target's answers to the held-out queries as a responses file (for evaluation.judge.baseline)."""
+    from .judge import write_answers
+
+    _setup_logging(False)
+    print(f"written: {write_answers(target, job=job, out=out, progress=_say)}")
 
 
 @app.command()

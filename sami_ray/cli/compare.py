@@ -24,6 +24,7 @@ from ..evaluate.judge import JudgeBackend
 from ..storage.run import RunStore, parse_stage, stage_key
 
 FILES = {"json": "comparison.json", "markdown": "comparison.md", "plot": "comparison.png"}
+JUDGMENTS_FILE = "judgments.jsonl"  # the judge's raw replies, beside comparison.json
 
 
 # ---------------------------------------------------------------- what a target is
@@ -235,7 +236,9 @@ def compare(targets: Sequence[str], *, baseline: str | None = None, iteration: i
         else:
             _fill_query_texts(rows, run_rows, notes)
             progress(f"judging {len(rows)} rows with {description}")
-            wins = win_rates(rows, judge, base_label)
+            from ..evaluate.judge_templates import template_for
+
+            wins = win_rates(rows, judge, base_label, template_for(cmp_cfg.evaluation.judge, cmp_cfg.task.kind))
     finally:
         close()
     doc = comparison(rows, wins, base_label, description, notes)
@@ -259,7 +262,12 @@ def _fill_query_texts(rows: list[Row], run_rows: dict, notes: list[str]) -> None
 def write_comparison(doc: dict, out: str | Path | None) -> dict[str, Path]:
     folder = Path(out or f"sami-compare-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}")
     folder.mkdir(parents=True, exist_ok=True)
+    from ..evaluate.report import split_judgments, write_judgments
+
     paths = {k: folder / name for k, name in FILES.items()}
+    doc, raw = split_judgments(doc, JUDGMENTS_FILE)
+    if raw:
+        paths["judgments"] = write_judgments(raw, folder / JUDGMENTS_FILE)
     paths["json"].write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
     paths["markdown"].write_text(markdown_table(doc) + "\n", encoding="utf-8")
     plot_comparison(doc, paths["plot"])

@@ -240,7 +240,8 @@ def _engine_need(spec: RoleSpec, params_b: float, gpu_gb: float) -> RoleNeed:
                      "kv_cache_gb_per_gpu": round(kv, 1)})
 
 
-ROLE_NAMES = {"policy": "sampler", "writer": "writer", "judge": "judge"}  # as plan's table shows them
+# as plan's table shows them; "datagen" is models.sampler, the model that samples the training data
+ROLE_NAMES = {"policy": "sampler", "writer": "writer", "judge": "judge", "sampler": "datagen"}
 
 
 def _trainer_need(cfg: RunConfig, params_b: float) -> RoleNeed:
@@ -284,7 +285,8 @@ def plan_run(cfg: RunConfig) -> Plan:
                         "trainer.offload_optimizer or trainer.offload_params, or trainer.activation_checkpointing")
     by_role = {r.role: r.gpus for r in roles}
     # The sampler pool and a local judge live through the run; the writer's GPUs are free again before training
-    # when resources.release_writer is set.
+    # when resources.release_writer is set. models.sampler (datagen) takes the pool's GPUs in turn with the policy
+    # (Roles.sampler): its memory is checked on them above, and it adds no GPUs.
     total = by_role["sampler"] + by_role.get("judge", 0)
     if res.release_writer:
         total += max(by_role.get("writer", 0), by_role["trainer"])

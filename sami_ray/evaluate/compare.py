@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .judge import JudgeBackend, PairItem, judge_pairs
+from .judge_templates import JudgeTemplate
 
 TALLY_KEYS = ("verdicts", "wins", "losses", "ties", "unparseable", "errors")
 
@@ -81,14 +82,22 @@ def _rate(wins: int, losses: int, ties: int) -> float | None:
 
 def _tally(result: dict, reverse: bool = False) -> dict:
     t = {k: int(result.get(k) or 0) for k in TALLY_KEYS}
+    lengths = result.get("lengths") or {}
+    mine, theirs = lengths.get("candidate_mean_words"), lengths.get("baseline_mean_words")
+    lc = (result.get("length_controlled_win_rate") or {}).get("win_rate")
     if reverse:  # the other row's view of the same verdicts
         t["wins"], t["losses"] = t["losses"], t["wins"]
+        mine, theirs = theirs, mine
+        lc = None if lc is None else 1.0 - lc
     t["win_rate"] = _rate(t["wins"], t["losses"], t["ties"])
     t["pairs"] = int(result.get("pairs") or 0)
+    t["length_controlled_win_rate"] = lc
+    t["mean_words"], t["opponent_mean_words"] = mine, theirs
     return t
 
 
-def win_rates(rows: Sequence[Row], backend: JudgeBackend, baseline: str | None = None) -> dict:
+def win_rates(rows: Sequence[Row], backend: JudgeBackend, baseline: str | None = None,
+              template: JudgeTemplate | None = None) -> dict:
     """Judge each row against each other row (or only against `baseline`, a row label).
 
     Returns {"matrix": {label: {opponent: tally}}, "overall": {label: tally pooled over its opponents},
@@ -112,7 +121,7 @@ def win_rates(rows: Sequence[Row], backend: JudgeBackend, baseline: str | None =
                          "were they evaluated on the same held-out queries and principles?")
             continue
         items = [PairItem(q, c, ans_a[(q, c, s)], ans_b[(q, c, s)]) for q, c, s in shared]
-        result = judge_pairs(backend, items)
+        result = judge_pairs(backend, items, template=template)
         judgments.append({"a": a.label, "b": b.label, **result})
         matrix[a.label][b.label] = _tally(result)
         matrix[b.label][a.label] = _tally(result, reverse=True)
@@ -151,9 +160,14 @@ def _num(x, fmt: str) -> str:
 
 
 def _win_cell(t: dict | None) -> str:
+    """win rate, then length-controlled win rate and mean words (row/column) when known, then what went wrong."""
     if not t:
         return "-"
     cell = _num(t.get("win_rate"), ".2f")
+    if t.get("length_controlled_win_rate") is not None:
+        cell += f" LC {_num(t['length_controlled_win_rate'], '.2f')}"
+    if t.get("mean_words") is not None and t.get("opponent_mean_words") is not None:
+        cell += f" ({t['mean_words']:.0f}/{t['opponent_mean_words']:.0f} words)"
     bad = [f"{t[k]} {name}" for k, name in (("unparseable", "unparsed"), ("errors", "failed")) if t.get(k)]
     return f"{cell} ({', '.join(bad)})" if bad else cell
 
@@ -191,7 +205,9 @@ def markdown_table(doc: dict) -> str:
     lines.append("")
     lines.append(f"{{p}} +/-: share of answers following principle p under p / under its antithesis. "
                  f"Win rate: the row's over the column's, judge {doc['judge']}, both orders, a tie half a win, "
-                 "unparsed verdicts never a win." if doc.get("judge") else
+                 "unparsed verdicts never a win; LC: length-controlled win rate (the judge's preference fitted on "
+                 "the length difference, read at equal lengths); words: mean answer words, row / column."
+                 if doc.get("judge") else
                  "{p} +/-: share of answers following principle p under p / under its antithesis. No win rates "
                  "(no judge configured).")
     if doc.get("judgments"):

@@ -5,6 +5,8 @@ row_accuracy, col_accuracy, per_seed}; verifiable {principle: {positive_follows,
 antithesis_follows_principle, positive/antithesis_mean_words, ...}}; degeneration {per_constitution {id: {on_topic,
 evasive, empty, repetition, mean_words}}, overall, flagged, reasons, action}; samples {constitution id: [{query,
 response}]}; constitutions {id: text}; responses [...]; optional judge and gsm8k; notes; timings.
+The judge's raw replies (one record per prompt: pair, order, verdict, outcome, reply) go to judgments.jsonl beside
+report.json, which keeps only the judge's figures and the name of that file.
 """
 
 from __future__ import annotations
@@ -13,13 +15,58 @@ import json
 import math
 from pathlib import Path
 
+from .judge import RAW_KEY
+
 REPORT_FILE = "report.json"
+JUDGMENTS_FILE = "judgments.jsonl"
+
+
+def split_judgments(doc: dict, file_name: str = JUDGMENTS_FILE) -> tuple[dict, list[dict]]:
+    """(a copy of `doc` whose judge results hold `judgments_file` instead of their raw replies, the raw records).
+    Judge results sit at doc["judge"] (an evaluation report) or in doc["judgments"] (a comparison)."""
+    raw: list[dict] = []
+
+    def strip(result: dict, extra: dict) -> dict:
+        records = result.get(RAW_KEY)
+        if records is None:
+            return result
+        raw.extend({**extra, **rec} for rec in records)
+        return {**{k: v for k, v in result.items() if k != RAW_KEY}, "judgments_file": file_name}
+
+    out = dict(doc)
+    if isinstance(doc.get("judge"), dict):
+        out["judge"] = strip(doc["judge"], {})
+    mt = doc.get("mtbench")
+    if isinstance(mt, dict):  # MT-Bench: the grading judge's replies and the pairwise judge's
+        mt = dict(mt)
+        if isinstance(mt.get("judgments"), list):
+            raw.extend({"section": "mtbench_grading", **rec} for rec in mt.pop("judgments"))
+            mt["judgments_file"] = file_name
+        if isinstance(mt.get("pairwise"), dict):
+            mt["pairwise"] = strip(mt["pairwise"], {"section": "mtbench_pairwise"})
+        out["mtbench"] = mt
+    if isinstance(doc.get("judgments"), list):
+        out["judgments"] = [strip(j, {"a": j.get("a"), "b": j.get("b")}) if isinstance(j, dict) else j
+                            for j in doc["judgments"]]
+    return out, raw
+
+
+def write_judgments(records: list[dict], path: str | Path) -> Path:
+    path = Path(path)
+    with path.open("w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(_finite(rec), ensure_ascii=False, allow_nan=False) + "\n")
+    return path
 
 
 def write_report(report: dict, folder: str | Path) -> Path:
-    """`folder/report.json`; NaN/inf become null so any JSON reader accepts the file."""
+    """`folder/report.json` (NaN/inf become null so any JSON reader accepts the file) and, when the judge ran,
+    `folder/judgments.jsonl` with its raw replies."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    report, raw = split_judgments(report)
+    if raw:
+        write_judgments(raw, folder / JUDGMENTS_FILE)
     path = folder / REPORT_FILE
     path.write_text(json.dumps(_finite(report), indent=2, ensure_ascii=False, allow_nan=False), encoding="utf-8")
     return path
@@ -144,9 +191,29 @@ def summary_rows(report: dict) -> dict[str, str]:
     judge = report.get("judge")
     if isinstance(judge, dict):
         row["win rate"] = _f(judge.get("win_rate"), ".2f")
+        row["win rate, length-controlled"] = _f((judge.get("length_controlled_win_rate") or {}).get("win_rate"),
+                                                ".2f")
+        lengths = judge.get("lengths") or {}
+        row["words, answer/baseline"] = (f"{_f(lengths.get('candidate_mean_words'), '.0f')}/"
+                                         f"{_f(lengths.get('baseline_mean_words'), '.0f')}")
+        if judge.get("unparseable") or judge.get("errors"):
+            row["judge unparsed/failed"] = f"{judge.get('unparseable', 0)}/{judge.get('errors', 0)}"
     g = report.get("gsm8k")
     if isinstance(g, dict):
-        row["gsm8k pass@1"] = _f((g.get("pass_at") or {}).get("1"), ".2f")
+        row["gsm8k pass@1 greedy"] = _f(g.get("greedy_pass_at_1"), ".2f")
+        sampled = g.get("pass_at") or {}
+        if sampled:
+            k = max(sampled, key=int)
+            row[f"gsm8k pass@{k} sampled"] = _f(sampled[k], ".2f")
+    mt = report.get("mtbench")
+    if isinstance(mt, dict):
+        both = ((mt.get("grading") or {}).get("overall") or {}).get("both_turns") or {}
+        row["MT-Bench score (1-10)"] = _f(both.get("mean"), ".2f")
+        if both.get("unparsed") or both.get("errors"):
+            row["MT-Bench unparsed/failed"] = f"{both.get('unparsed', 0)}/{both.get('errors', 0)}"
+        pairwise = mt.get("pairwise")
+        if isinstance(pairwise, dict):
+            row["MT-Bench win rate"] = _f(pairwise.get("win_rate"), ".2f")
     return row
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from .constitutions import Constitution, Principle, SignedPrinciple, pattern_id
-from .data import Query, SamiExample
+from .data import SamiExample
 
 _NUMBERED = re.compile(r"^\s*\d+[.)]\s*")
 
@@ -169,22 +169,11 @@ def write_multitask_principles(path: str | Path, principles: Sequence[Principle]
 
 
 def read_reference_training_data(path: str | Path) -> list[SamiExample]:
-    """The reference's generated data; the constitutions are known only through the prompts they produced."""
-    d = _load_json(path)
-    if not isinstance(d, dict):
-        raise DataError(f"{path}: expected an object keyed by example id")
-    out = []
-    for ex_id, items in d.items():
-        if not isinstance(items, list) or len(items) < 2:
-            raise DataError(f"{path}: example {ex_id!r} needs a list of at least 2 prompt/response pairs")
-        try:
-            prompts = [str(it["prompt"]) for it in items]
-            responses = [str(it["response"]) for it in items]
-        except (KeyError, TypeError):
-            raise DataError(f"{path}: example {ex_id!r} has an item without 'prompt' and 'response'") from None
-        constitutions = [Constitution(f"reference-{i}", (), "") for i in range(len(items))]
-        out.append(SamiExample(Query(str(ex_id), ""), constitutions, responses, prompts))
-    return out
+    """The reference's generated data; the constitutions are known only through the prompts they produced
+    (read and checked by `datasets.reference_samples`, which a run's sampler.samples_file uses too)."""
+    from .datasets.reference_samples import read_reference_samples
+
+    return read_reference_samples(path)
 
 
 def write_reference_training_data(path: str | Path, examples: Iterable[SamiExample]) -> None:

@@ -210,10 +210,17 @@ class RunStore:
         return self.store.get_json(SUMMARY_KEY) if self.store.exists(SUMMARY_KEY) else None
 
     def put_eval(self, report: dict) -> str:
-        """Store a later `sami-ray eval` report under evals/<timestamp>/; returns its key."""
-        key = f"evals/{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}/report.json"
-        self.store.put_json(key, report)
-        return key
+        """Store a later `sami-ray eval` report under evals/<timestamp>/ (the judge's raw replies beside it, as
+        `evaluate.report.write_report` does); returns its key."""
+        from ..evaluate.report import JUDGMENTS_FILE, REPORT_FILE, split_judgments
+
+        folder = f"evals/{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+        report, raw = split_judgments(report)
+        if raw:
+            self.store.put_bytes(f"{folder}/{JUDGMENTS_FILE}", "".join(
+                json.dumps(r, ensure_ascii=False) + "\n" for r in raw).encode("utf-8"))
+        self.store.put_json(f"{folder}/{REPORT_FILE}", report)
+        return f"{folder}/{REPORT_FILE}"
 
     # ------------------------------------------------------------ models and training checkpoints
 

@@ -85,6 +85,9 @@ class FakeRoles:
     def write_principles(self, description, seeds, seed) -> PrincipleSet:
         return PrincipleSet(list(seeds), source="writer")
 
+    def chat_tokenizer(self, role: str = "policy"):
+        return None  # the plain prompt frame, as `render` above
+
     def judge(self):
         return None
 
