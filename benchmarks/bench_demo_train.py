@@ -23,19 +23,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from _demo_common import demo_config, plain_train, run_spawned
+
 
 def _demo_config(storage: str, overrides: list[str]):
-    from sami_ray.config import demo_config_path, load_config
-
     # The writer's phrasing and the evaluation do not change what training does; they are left out for time.
-    return load_config(demo_config_path(), [f"storage.uri={storage}", "constitutions.write_with_writer=false",
-                                            "evaluation.enabled=false", *overrides])
+    return demo_config(storage, ["constitutions.write_with_writer=false", "evaluation.enabled=false", *overrides])
 
 
 def _ours(workdir: Path, overrides: list[str]) -> tuple[dict, Path]:
@@ -63,47 +61,33 @@ def _ours(workdir: Path, overrides: list[str]) -> tuple[dict, Path]:
             "phases": stats["summary"].get("phases", {})}, kept
 
 
-def _plain(examples: str, model_path: str, out_dir: str, threads: int, lr: float, epochs: float,
-           max_grad_norm: float | None, max_prompt_tokens: int | None, queue) -> None:
+def _plain(examples: str, model_path: str, out_dir: str, threads: int, trainer_cfg, max_prompt_tokens: int | None,
+           seed: int, plain_optimizer: str) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sami_ray.sami.data import load_examples, tokenize_example
-    from sami_ray.train.step import PairScorer, sami_objective
+    from sami_ray.sami.data import load_examples
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    model.config.use_cache = False
-    model.train()
-    rows = [tokenize_example(tok, ex, max_prompt_tokens=max_prompt_tokens) for ex in load_examples(examples)]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    scorer = PairScorer(model, "reference", 512, pad)  # every pair a separate sequence
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    step_times = []
-    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0)).tolist()
-    for i in order[:max(1, int(epochs * len(rows)))]:
-        s0 = time.perf_counter()
-        out = sami_objective(scorer([rows[i]]), None, batch_size=1, n=rows[i].n)
-        out.loss.backward()
-        if max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step_times.append(time.perf_counter() - s0)
+    stats = plain_train(model, tok, load_examples(examples), trainer_cfg, max_prompt_tokens=max_prompt_tokens,
+                        seed=seed, plain_optimizer=plain_optimizer)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
-    queue.put({"wall_s": time.perf_counter() - t0, "steps": len(step_times),
-               "step_s": statistics.median(step_times), "loss": float(out.loss)})
+    return {"wall_s": time.perf_counter() - t0, **stats}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE on the demo's config")
+    p.add_argument("--plain-optimizer", choices=["torch", "ours"], default="torch",
+                   help="the plain loop's optimizer: torch's defaults (as a plain script), or the trainer's (fused)")
     args = p.parse_args()
 
     from sami_ray.models import resolve_model_path
+    from sami_ray.sami.seeds import derive_seed
 
     with tempfile.TemporaryDirectory(prefix="bench-demo-train-") as tmp:
         workdir = Path(tmp)
@@ -112,19 +96,15 @@ def main() -> None:
         model = str(resolve_model_path(cfg.models.policy.path, cfg.models.policy.gguf_file))
         t = cfg.trainer
         threads = max(1, int(cfg.resources.trainer.num_cpus))
-        queue = mp.get_context("spawn").Queue()
-        proc = mp.get_context("spawn").Process(
-            target=_plain, args=(str(examples), model, str(workdir / "plain"), threads, t.lr, t.epochs,
-                                 t.max_grad_norm, cfg.task.max_prompt_tokens, queue))
-        t0 = time.perf_counter()
-        proc.start()
-        plain = queue.get()
-        proc.join()
+        # The stage's seed, so the plain loop walks the examples in the trainer's order.
+        seed = derive_seed(cfg.run.seed, "train", 1)
+        plain, script_s = run_spawned(_plain, str(examples), model, str(workdir / "plain"), threads, t,
+                                      cfg.task.max_prompt_tokens, seed, args.plain_optimizer)
         # As a user runs it: interpreter start and imports too, as the stage pays them in its worker process.
-        plain["script_s"] = time.perf_counter() - t0
+        plain["script_s"] = script_s
         n = sum(1 for _ in open(examples))
         print(f"demo training stage, SmolLM2-135M, {n} examples, epochs {t.epochs}, {threads} threads, "
-              f"dtype {t.dtype}, ZeRO stage {t.zero_stage}")
+              f"dtype {t.dtype}, ZeRO stage {t.zero_stage}, plain optimizer: {args.plain_optimizer}")
         print(f"{'':<8}{'wall s':>9}{'steps':>7}{'step s':>9}{'last loss':>11}")
         for name, r in (("ours", ours), ("plain", plain)):
             print(f"{name:<8}{r['wall_s']:>9.1f}{r['steps']:>7}{r['step_s']:>9.2f}{r['loss']:>11.4f}")

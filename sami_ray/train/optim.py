@@ -13,8 +13,17 @@ from ..config import TrainerConfig
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainerConfig) -> torch.optim.Optimizer:
     trainable = [p for p in params if p.requires_grad]
     if cfg.optimizer == "rmsprop":
-        return torch.optim.RMSprop(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.RMSprop(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    # torch's default on CPU is a Python loop over the tensors: about 7x slower than the fused kernel for a 135M
+    # model, as much as a third of the demo's step. The fused kernel exists on CPU and GPU alike.
+    return torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=_fused_ok(trainable))
+
+
+def _fused_ok(params: list[torch.nn.Parameter]) -> bool:
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    devices = set(_get_fused_kernels_supported_devices())
+    return bool(params) and all(p.device.type in devices and p.is_floating_point() for p in params)
 
 
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, schedule: str) -> float:

@@ -158,7 +158,7 @@ def train_loop(config: dict[str, Any]) -> None:
     started_at = time.time()  # wall clock: the driver compares it with its own to see how long the group took
     t0 = time.perf_counter()
     w = _setup(config)
-    w.phases.update(started_at=started_at, setup_s=time.perf_counter() - t0)
+    w.phases.update(started_at=started_at, setup_s=time.perf_counter() - t0)  # models_s and data_s are in it
     restored = ray.train.get_checkpoint()
     if restored is not None and _is_exported(restored):
         return  # a restart after the model was exported: nothing left to do
@@ -199,21 +199,25 @@ def _setup(config: dict[str, Any]) -> _Worker:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(config["seed"])
+    clock = time.perf_counter()
     init_path, ref_path = _local_models(config)
+    phases = {"models_s": time.perf_counter() - clock}
     num_examples = int(config["num_examples"])
     if num_examples < world:
         from ..errors import DataError
 
         raise DataError(f"{num_examples} training examples cannot be shared by trainer.num_workers = {world} workers; "
                         "lower trainer.num_workers or sample more queries")
+    clock = time.perf_counter()
     rows = _my_shard(rank, world)
+    phases["data_s"] = time.perf_counter() - clock
     pad_id, examples, ids = _tokenize(init_path, rows, cfg.objective, config.get("max_prompt_tokens"))
     steps = total_steps(num_examples, epochs=cfg.epochs, max_steps=cfg.max_steps,
                         micro_batch=cfg.micro_batch_queries, grad_accum=cfg.grad_accum, world_size=world)
     return _Worker(cfg=cfg, rank=rank, world=world, seed=config["seed"], sink=config.get("metrics_sink"),
                    init_path=init_path, ref_path=ref_path, pad_id=pad_id, examples=examples,
                    example_ids=ids, num_examples=num_examples, steps=steps,
-                   run_id=config.get("run_id", ""))
+                   run_id=config.get("run_id", ""), phases=phases)
 
 
 def _my_shard(rank: int, world: int) -> list[dict[str, Any]]:
