@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -99,32 +100,39 @@ def with_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
     return config_from_dict(apply_overrides(data, list(overrides)), "the comparison's config")
 
 
-def evaluate_model(model: str, cfg: RunConfig, principles: Any, progress: Callable[[str], None],
-                   start_run: Callable[[RunConfig], Any] | None = None) -> Row:
-    """Evaluate `model` as `sami-ray eval MODEL` does (a scratch run under `cfg`, the base-model evaluation of
-    iteration 0), with `principles` (a PrincipleSet; None: the config's own). The judge is compare's, not the
-    evaluation's, so it is switched off there."""
+@contextmanager
+def model_session(model: str, cfg: RunConfig, principles: Any, progress: Callable[[str], None], run_id: str,
+                  start_run: Callable[[RunConfig], Any] | None = None) -> Iterator[tuple[Any, list, Any]]:
+    """A scratch run of `model` under `cfg` with its judge off (the caller's judge is its own): (run, held-out
+    queries, principles: `principles` or the config's own); shut down on exit."""
     from ..inputs import seed_principles
     from ..sami.constitutions import PrincipleSet
 
-    scratch = tempfile.mkdtemp(prefix="sami-ray-compare-")
+    scratch = tempfile.mkdtemp(prefix=f"sami-ray-{run_id}-")
     cfg = with_overrides(cfg, [f"models.policy.path={model}", f"storage.uri={scratch}",
                                "evaluation.judge.kind=none"])
     if start_run is None:
         from ..driver import Run
 
         def start_run(c: RunConfig) -> Any:
-            return Run.start(c, run_id="compare", progress=progress)
+            return Run.start(c, run_id=run_id, progress=progress)
     run = start_run(cfg)
     try:
         _, held_out = run.loop.queries()
         if not held_out:
-            raise UserError(f"{model}: task.queries.held_out is 0 in the comparison's config: nothing to evaluate on")
-        progress(f"evaluating {model} on {len(held_out)} held-out queries")
-        principles = principles or PrincipleSet(seed_principles(cfg.constitutions))
-        report = run.loop.evaluate_model(0, None, held_out, principles, None)
+            raise UserError(f"{model}: task.queries.held_out is 0 in the config: no held-out queries")
+        yield run, held_out, principles or PrincipleSet(seed_principles(cfg.constitutions))
     finally:
         run.shutdown()
+
+
+def evaluate_model(model: str, cfg: RunConfig, principles: Any, progress: Callable[[str], None],
+                   start_run: Callable[[RunConfig], Any] | None = None) -> Row:
+    """Evaluate `model` as `sami-ray eval MODEL` does (a scratch run under `cfg`, the base-model evaluation of
+    iteration 0), with `principles` (a PrincipleSet; None: the config's own)."""
+    with model_session(model, cfg, principles, progress, "compare", start_run) as (run, held_out, principles):
+        progress(f"evaluating {model} on {len(held_out)} held-out queries")
+        report = run.loop.evaluate_model(0, None, held_out, principles, None)
     report["model"] = model
     return Row(model.rstrip("/"), model, None, report, {q.id: q.text for q in held_out})
 

@@ -12,7 +12,6 @@ embedded demo. Answers of A and B are paired by (query, constitution) text; the 
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,24 +57,9 @@ def model_answers(model: str, cfg: RunConfig, principles: Any, progress: Callabl
     """`model`'s answers to the config's held-out queries, planned and sampled as `evaluate_iteration` does."""
     from ..evaluate.policy import generate_one, sampling_from
     from ..evaluate.runner import eval_constitutions
-    from ..inputs import seed_principles
-    from ..sami.constitutions import PrincipleSet
-    from .compare import with_overrides
+    from .compare import model_session
 
-    cfg = with_overrides(cfg, [f"models.policy.path={model}",
-                               f"storage.uri={tempfile.mkdtemp(prefix='sami-ray-answers-')}",
-                               "evaluation.judge.kind=none"])
-    if start_run is None:
-        from ..driver import Run
-
-        def start_run(c: RunConfig) -> Any:
-            return Run.start(c, run_id="answers", progress=progress)
-    run = start_run(cfg)
-    try:
-        _, held_out = run.loop.queries()
-        if not held_out:
-            raise UserError(f"{model}: task.queries.held_out is 0 in the config: no questions to answer")
-        principles = principles or PrincipleSet(seed_principles(cfg.constitutions))
+    with model_session(model, cfg, principles, progress, "answers", start_run) as (run, held_out, principles):
         plan = eval_constitutions(held_out, principles.principles, cfg.evaluation.n or cfg.constitutions.n,
                                   cfg.run.seed, cfg.constitutions)
         prompts = [run.roles.render(c.text, q.text) for q, cons in plan for c in cons]
@@ -88,8 +72,6 @@ def model_answers(model: str, cfg: RunConfig, principles: Any, progress: Callabl
             texts = generate_one(policy, prompts, sampling_from(cfg.sampler), seed=seed, keys=keys)
             out += [Answer(q.text, c.text, t, q.category) for (q, c), t in zip(flat, texts, strict=True)]
         return out
-    finally:
-        run.shutdown()
 
 
 def judge_config(job: str | None, first_run: Any | None) -> tuple[RunConfig, Any, str]:
