@@ -61,7 +61,13 @@ def _stop_head(temp: str) -> None:
 def _ray_cli(*args, timeout=120) -> str:
     """The `ray` command as a user runs it (RAY_AUTH_MODE=token, the token in RAY_AUTH_TOKEN)."""
     ray_bin = str(Path(sys.executable).parent / "ray")
-    p = subprocess.run([ray_bin, *args], capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
+    deadline = time.monotonic() + 60
+    while True:
+        p = subprocess.run([ray_bin, *args], capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
+        # `ray start` returns before the head's job agent is up (seen on a loaded 2-core machine); Ray asks to retry
+        if p.returncode == 0 or "No available agent" not in p.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert p.returncode == 0, f"ray {' '.join(args)} failed:\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}"
     return p.stdout + p.stderr
 
