@@ -177,18 +177,17 @@ def _baseline_label(baseline: str, rows: list[Row]) -> str:
 def comparison_config(config: str | None, overrides: Sequence[str], first_run: tuple[RunConfig, RunStore] | None
                       ) -> tuple[RunConfig, Any, str]:
     """(config, principles or None for the config's own, its name) for models and the judge: `config`, else the
-    first run's config and committed principles (models then answer the runs' own questions under the same
-    constitutions, so their answers can be judged against the runs'), else the embedded demo."""
-    if config is not None:
-        return load_config(config, list(overrides)), None, config
-    if first_run is None:
-        return load_config(demo_config_path(), list(overrides)), None, "the embedded demo"
+    first run's config, else the embedded demo. With a run, the principles are its committed ones, whichever config
+    (models then answer under the runs' own constitutions, so their answers can be judged against the runs')."""
     from ..sami.constitutions import PrincipleSet
 
-    cfg, store = first_run
-    stored = store.principles()
-    return (with_overrides(cfg, overrides), PrincipleSet.from_dict(stored) if stored else None,
-            f"{store.uri}'s config")
+    stored = first_run[1].principles() if first_run is not None else None
+    principles = PrincipleSet.from_dict(stored) if stored else None
+    if config is not None:
+        return load_config(config, list(overrides)), principles, config
+    if first_run is None:
+        return load_config(demo_config_path(), list(overrides)), None, "the embedded demo"
+    return with_overrides(first_run[0], overrides), principles, f"{first_run[1].uri}'s config"
 
 
 def compare(targets: Sequence[str], *, baseline: str | None = None, iteration: int | None = None,

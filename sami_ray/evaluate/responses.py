@@ -8,13 +8,15 @@ Two layouts are read as they are:
   row's index, {"constitution": {"0": ...}, "question": {"0": ...}, "response": {"0": ...}[, "category": {...}]}
   (a pandas frame written column-wise); an object keyed by index whose values are rows with those fields is read
   too.
-Answers are matched to other answers by the exact (query, constitution) texts (surrounding whitespace ignored); a
-key holding several answers on both sides is paired in file order. What finds no partner is counted, never guessed.
+Answers are matched to other answers by the query text and the constitution's principles as a set (numbering, order
+and surrounding whitespace ignored: each query's principle order is shuffled by its own seed); a key holding several
+answers on both sides is paired in file order. What finds no partner is counted, never guessed.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -23,6 +25,7 @@ from pathlib import Path
 from ..errors import DataError
 from ..sami.datasets.rows import layout_error, read_rows
 
+_NUMBERING = re.compile(r"^\s*\d+[.)]\s*")  # "1. " / "2) " before a principle
 OURS_NEEDS = "'query', 'constitution' and 'response' (optional 'category')"
 REFERENCE_COLUMNS = ("constitution", "question", "response")
 
@@ -35,8 +38,11 @@ class Answer:
     category: str | None = None
 
     @property
-    def key(self) -> tuple[str, str]:
-        return self.query.strip(), self.constitution.strip()
+    def key(self) -> tuple[str, tuple[str, ...]]:
+        """The query and the constitution's principles as a set: two evaluations that list the same principles in
+        another order (each query's order is shuffled by its own seed) asked the same thing."""
+        lines = (_NUMBERING.sub("", line).strip() for line in self.constitution.strip().splitlines())
+        return self.query.strip(), tuple(sorted(line for line in lines if line))
 
 
 def is_responses_file(ref: str) -> bool:
@@ -122,7 +128,7 @@ class Matched:
 
 
 def match_answers(candidates: Sequence[Answer], baselines: Sequence[Answer]) -> Matched:
-    """Pairs by (query, constitution) text, in file order within a key; the rest counted on each side."""
+    """Pairs by `Answer.key` (query, the constitution's principles), in file order within a key; the rest counted on each side."""
     pool: dict[tuple[str, str], list[Answer]] = defaultdict(list)
     for b in baselines:
         pool[b.key].append(b)

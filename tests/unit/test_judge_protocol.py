@@ -240,3 +240,14 @@ def test_a_model_answers_the_held_out_queries_as_an_evaluation_samples_them():
     assert len(answers) == 2 * n and len(set(seen["seeds"])) == 2 * n  # per (seed, query, constitution)
     assert all(a.query == "How do I start running?" for a in answers)
     assert all(a.response == f"answer to {a.constitution}||{a.query}" for a in answers)
+
+
+def test_answers_match_whatever_order_their_constitution_lists_the_principles_in():
+    from sami_ray.evaluate.responses import Answer, match_answers
+
+    a = Answer("How do I cook rice?", "1. Answer in clear paragraphs.\n2. Answer in at least 80 words.", "x")
+    b = Answer("How do I cook rice? ", "1. Answer in at least 80 words.\n2. Answer in clear paragraphs.", "y")
+    other = Answer("How do I cook rice?", "1. Answer in clear paragraphs.", "z")
+    matched = match_answers([a, other], [b])
+    assert [(c.response, d.response) for c, d in matched.pairs] == [("x", "y")]
+    assert (matched.candidate_unmatched, matched.baseline_unmatched) == (1, 0)
