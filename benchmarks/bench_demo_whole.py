@@ -244,7 +244,7 @@ def _plain(storage: str, overrides: list[str], given_principles: dict | None, ou
         if not e.enabled or not held_out:
             return None
         return evaluate_iteration(policy, held_out, principles.principles, e, cfg.task.kind, render, k, base,
-                                  cfg.run.seed, cfg.sampler, c, judge_policy=None,
+                                  cfg.run.seed, cfg.sampler, c, judge_policy=None, task_description=cfg.task.description,
                                   baseline_report=previous if e.judge.baseline == "previous" else None)
 
     def weights() -> dict:

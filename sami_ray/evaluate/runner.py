@@ -44,23 +44,6 @@ def prompt_renderer(task_kind: str, tokenizer: object | None = None) -> Renderer
     return PromptRenderer(task_kind, tokenizer)
 
 
-_UNSET = object()
-
-
-def _chat_tokenizer_of(render: Renderer) -> object | None:
-    """The chat tokenizer behind a renderer: a PromptRenderer's, or that of the Roles whose `render` it is (the stage
-    loop passes `roles.render`); None: the plain frame."""
-    if isinstance(render, PromptRenderer):
-        return render.tokenizer
-    owner = getattr(render, "__self__", None)
-    return owner.chat_tokenizer() if callable(getattr(owner, "chat_tokenizer", None)) else None
-
-
-def _description_of(render: Renderer) -> str | None:
-    cfg = getattr(getattr(render, "__self__", None), "cfg", None)
-    return getattr(getattr(cfg, "task", None), "description", None)
-
-
 def eval_constitutions(queries: Sequence[Query], principles: Sequence[Principle], n: int, seed: int,
                        cons_cfg: ConstitutionsConfig) -> list[tuple[Query, list[Constitution]]]:
     """The same N constitutions per held-out query at every iteration (they depend only on the seed and query id)."""
@@ -75,13 +58,13 @@ def evaluate_iteration(policy: Policy, held_out_queries: Sequence[Query], princi
                        base_report: dict | None, seed: int, sampler_cfg: object | None = None,
                        constitutions_cfg: ConstitutionsConfig | None = None, *,
                        judge_policy: Policy | None = None, baseline_report: dict | None = None,
-                       chat_tokenizer: object = _UNSET, task_description: str | None = None) -> dict:
+                       chat_tokenizer: object | None = None, task_description: str | None = None) -> dict:
     """Evaluate `policy` on the held-out queries; a JSON-serialisable report (see `report.py` for its keys).
 
     `base_report` is iteration 0's report (None while evaluating the base model itself). The judge compares with
     `baseline_report` when given (e.g. the previous iteration's), else with `base_report`. `chat_tokenizer` (None:
-    the plain frame) and `task_description` render MT-Bench's later turns and GSM8K's neutral prompt; unset, they
-    are taken from the renderer (a `PromptRenderer`, or `Roles.render`'s roles).
+    a `PromptRenderer`'s own, else the plain frame) and `task_description` render MT-Bench's later turns and GSM8K's
+    neutral prompt.
     """
     cons_cfg = constitutions_cfg or ConstitutionsConfig()
     n = cfg.n or cons_cfg.n
@@ -143,11 +126,10 @@ def evaluate_iteration(policy: Policy, held_out_queries: Sequence[Query], princi
         t0 = time.perf_counter()
         report["judge"] = _judge(cfg, answers, baseline_report or base_report, judge_policy, notes, task_kind)
         timings["judge"] = time.perf_counter() - t0
-    tokenizer = _chat_tokenizer_of(render) if chat_tokenizer is _UNSET else chat_tokenizer
+    tokenizer = chat_tokenizer if chat_tokenizer is not None else getattr(render, "tokenizer", None)
     if cfg.gsm8k_k > 0:
         t0 = time.perf_counter()
-        description = task_description if task_description is not None else _description_of(render)
-        report["gsm8k"] = _gsm8k(policy, held_out_queries, plan, cfg, task_kind, render, tokenizer, description,
+        report["gsm8k"] = _gsm8k(policy, held_out_queries, plan, cfg, task_kind, render, tokenizer, task_description,
                                  sampling, seed, notes)
         timings["gsm8k"] = time.perf_counter() - t0
     mt_items = [MTItem(q, _answering_constitution(cons)) for q, cons in plan if isinstance(q, MultiTurnQuery)]

@@ -88,10 +88,11 @@ def test_recipe_data_and_evaluation_paths_run(path, tiny, engine, monkeypatch):
     # ---- evaluation: as the run calls it for the base model and for iteration 1
     held = held_out[:2]
     judge = engine if cfg.evaluation.judge.kind != "none" else None
+    as_run = dict(judge_policy=judge, chat_tokenizer=roles.chat_tokenizer(), task_description=cfg.task.description)
     base = evaluate_iteration(engine, held, principles, cfg.evaluation, cfg.task.kind, roles.render, 0, None,
-                              cfg.run.seed, cfg.sampler, cfg.constitutions, judge_policy=judge)
+                              cfg.run.seed, cfg.sampler, cfg.constitutions, **as_run)
     report = evaluate_iteration(engine, held, principles, cfg.evaluation, cfg.task.kind, roles.render, 1, base,
-                                cfg.run.seed, cfg.sampler, cfg.constitutions, judge_policy=judge)
+                                cfg.run.seed, cfg.sampler, cfg.constitutions, **as_run)
     assert report["queries"] == len(held) and report["responses"]
     if cfg.evaluation.mi_bound:
         assert "mi_bound" in report
