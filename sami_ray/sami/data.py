@@ -76,23 +76,13 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
 
 def read_jsonl(path: str | Path) -> Iterator[dict]:
     """Rows of a JSON-lines file; a bad line raises DataError naming the file and line number."""
+    from .datasets.rows import json_lines  # here: the datasets package imports this module
+
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8").strip()
-                except UnicodeDecodeError:
-                    raise DataError(f"{path}:{lineno}: not UTF-8 text") from None
-                if not line:
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-                yield row
+            for row in json_lines(path, f):
+                yield row.data
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
 

@@ -50,8 +50,8 @@ def test_hf_dataset_folder(tmp_path):
 
 @pytest.mark.parametrize("content,words", [
     (b"", "no queries"),
-    (b'{"text": "ok"}\n{bad json\n', ":2: malformed JSON"),
-    (b"\xff\xfe\n", ":1: not UTF-8"),
+    (b'{"text": "ok"}\n{bad json\n', ", line 2: malformed JSON"),
+    (b"\xff\xfe\n", ", line 1: not UTF-8"),
     (b'[1, 2]\n', "expected a JSON object"),
     (b'{"other": 1}\n', "none of the text fields"),
     (b'{"id": 1, "text": "a"}\n{"id": 1, "text": "b"}\n', "more than once"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +31,8 @@ def layout_error(row: Row, fmt: str, needs: str) -> DataError:
     return DataError(f"{row.where}: not a {fmt} row: it has the fields {have}{nulls}, but {fmt} needs {needs}")
 
 
-def _json_lines(path: Path, lines: Iterator[bytes]) -> Iterator[Row]:
+def json_lines(path: Path, lines: Iterable[bytes]) -> Iterator[Row]:
+    """The JSON objects of `lines`, blank lines skipped; a line that is not one is a DataError naming it."""
     for lineno, raw in enumerate(lines, 1):
         where = f"{path}, line {lineno}"
         try:
@@ -56,7 +57,7 @@ def _json_file(path: Path) -> Iterator[Row]:
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError:
-        yield from _json_lines(path, iter(raw.splitlines()))  # JSON lines under a .json name
+        yield from json_lines(path, iter(raw.splitlines()))  # JSON lines under a .json name
         return
     if isinstance(data, dict):
         data = [data]
@@ -117,12 +118,12 @@ def read_rows(path: str | Path, split: str | None = None) -> Iterator[Row]:
 
 def _plain_lines(path: Path) -> Iterator[Row]:
     with path.open("rb") as f:
-        yield from _json_lines(path, f)
+        yield from json_lines(path, f)
 
 
 def _gzip_lines(path: Path) -> Iterator[Row]:
     try:
         with gzip.open(path, "rb") as f:
-            yield from _json_lines(path, f)
+            yield from json_lines(path, f)
     except (gzip.BadGzipFile, EOFError) as e:
         raise DataError(f"{path}: not a readable gzip file ({e})") from None
