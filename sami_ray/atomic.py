@@ -35,3 +35,18 @@ def atomic_folder(dest: str | os.PathLike[str], replace: bool = True) -> Iterato
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def link_or_copy_tree(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
+    """The files of `src` under `dest` as hard links where both lie on one file system, copies elsewhere.
+
+    For write-once files (an exported model, a checkpoint): a link costs nothing where a copy of a large model
+    costs seconds to minutes. Nothing may later write into either name in place."""
+    def place(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:  # another file system, or one without hard links
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dest, copy_function=place, dirs_exist_ok=True)
+    return Path(dest)

@@ -23,7 +23,10 @@ def gather_state_dict(model: nn.Module, rank: int) -> dict[str, torch.Tensor]:
     for name, param in model.named_parameters():
         with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
             if rank == 0:
-                state[name] = param.data.detach().to("cpu", copy=True)
+                # A gathered ZeRO-3 parameter is released when the block ends: keep a copy. A whole parameter
+                # already in CPU memory is kept as it is (training is over; 0.5 GB less to copy at 135M).
+                partitioned = hasattr(param, "ds_id")
+                state[name] = param.data.detach().to("cpu", copy=partitioned)
     if rank == 0:
         persistent = set(model.state_dict(keep_vars=True).keys())
         for name, buf in model.named_buffers():

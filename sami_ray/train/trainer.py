@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_folder
+from ..atomic import atomic_folder, link_or_copy_tree
 from ..config import RoleResources, TrainerConfig
 from ..errors import DataError, UserError
 from ..sami.data import SamiExample, read_jsonl
@@ -152,6 +152,16 @@ class _StepWatcher:
             return
 
 
+def _fetch_checkpoint(checkpoint: Any, dest: Path) -> Path:
+    """The checkpoint's files under `dest`: linked where it is a folder on this machine (it stays whole for a
+    resume), downloaded otherwise."""
+    import pyarrow.fs
+
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem) and os.path.isdir(checkpoint.path):
+        return link_or_copy_tree(checkpoint.path, dest)
+    return Path(checkpoint.to_directory(str(dest)))
+
+
 HEAD_NODE = "node:__internal_head__"  # a resource only the head node has
 
 
@@ -213,6 +223,7 @@ def train(examples_path: str, init_model_path: str, ref_model_path: str | None, 
     }
     if storage_filesystem is None and "://" not in storage_path:
         storage_path = os.path.abspath(storage_path)  # Ray Train wants an absolute local path
+        config["local_storage"] = os.path.join(storage_path, run_name)  # checkpoints are linked there, not copied
     timeout_s = trainer_cfg.collective_timeout_min * 60
     trainer = TorchTrainer(
         train_loop,
@@ -242,7 +253,7 @@ def train(examples_path: str, init_model_path: str, ref_model_path: str | None, 
     out.parent.mkdir(parents=True, exist_ok=True)
     # The checkpoint is fetched beside `out` (one file system), so its model's files move into place by renames.
     with tempfile.TemporaryDirectory(prefix=out.name + ".", dir=out.parent, ignore_cleanup_errors=True) as scratch:
-        fetched = Path(result.checkpoint.to_directory(str(Path(scratch) / "ckpt")))
+        fetched = _fetch_checkpoint(result.checkpoint, Path(scratch) / "ckpt")
         if not ckpt.is_export(fetched):
             raise RuntimeError(f"the last checkpoint {result.checkpoint.path} is not an exported model")
         exported = json.loads((fetched / ckpt.EXPORT_MARKER).read_text())

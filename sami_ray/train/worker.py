@@ -7,6 +7,7 @@ DeepSpeed config unset once the engines are initialised (so that building the ex
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -14,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +134,7 @@ class _Worker:
     partition_numel: list[int] = field(default_factory=list)
     param_numel: int = 0
     start_step: int = 0
+    local_storage: str | None = None  # the run's Ray Train folder when it is a local path (not S3)
     phases: dict[str, float] = field(default_factory=dict)  # where this rank's time went, for the run's summary
 
 
@@ -166,6 +169,9 @@ def train_loop(config: dict[str, Any]) -> None:
     _build_engines(w)
     w.start_step = _restore(w.engine, restored)
     w.phases["engines_s"] = time.perf_counter() - t0
+    # Everything built so far (Ray, DeepSpeed, transformers, the model, the data) lives until the stage ends: out of
+    # the collector's sight, its full collections no longer walk millions of objects between steps.
+    gc.freeze()
     t0 = time.perf_counter()
     progress = _Progress(step=w.start_step)
     while progress.step < w.steps:
@@ -190,34 +196,52 @@ def _setup(config: dict[str, Any]) -> _Worker:
     cfg = TrainerConfig.model_validate(config["trainer"])
     use_gpu = bool(config["use_gpu"])
     _process_settings(cfg, config["num_cpus"], use_gpu)
-
-    import deepspeed  # only now: it reads its collective timeout at import
-    import torch
-
-    _skip_shm_op()
-    deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(config["seed"])
-    clock = time.perf_counter()
-    init_path, ref_path = _local_models(config)
-    phases = {"models_s": time.perf_counter() - clock}
     num_examples = int(config["num_examples"])
     if num_examples < world:
         from ..errors import DataError
 
         raise DataError(f"{num_examples} training examples cannot be shared by trainer.num_workers = {world} workers; "
                         "lower trainer.num_workers or sample more queries")
+    # The shard's read is mostly Ray Data's read task starting in another process: it runs while this one imports
+    # DeepSpeed and transformers (about 3 s on 2 cores), joins the process group and finds the models.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sami-shard") as pool:
+        shard = pool.submit(_timed, _my_shard, rank, world)
+
+        clock = time.perf_counter()
+        import deepspeed  # only now: it reads its collective timeout at import
+        import torch
+
+        _skip_shm_op()
+        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+        torch.manual_seed(config["seed"])
+        phases = {"deepspeed_s": time.perf_counter() - clock}
+        clock = time.perf_counter()
+        init_path, ref_path = _local_models(config)
+        phases["models_s"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        import transformers.models.auto.modeling_auto  # noqa: F401  what tokenising and loading will need
+        import transformers.models.auto.tokenization_auto  # noqa: F401
+
+        phases["transformers_s"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        rows, phases["data_s"] = shard.result()
+        phases["data_wait_s"] = time.perf_counter() - clock  # what the read added once the rest was done
     clock = time.perf_counter()
-    rows = _my_shard(rank, world)
-    phases["data_s"] = time.perf_counter() - clock
     pad_id, examples, ids = _tokenize(init_path, rows, cfg.objective, config.get("max_prompt_tokens"))
+    phases["tokenize_s"] = time.perf_counter() - clock
     steps = total_steps(num_examples, epochs=cfg.epochs, max_steps=cfg.max_steps,
                         micro_batch=cfg.micro_batch_queries, grad_accum=cfg.grad_accum, world_size=world)
     return _Worker(cfg=cfg, rank=rank, world=world, seed=config["seed"], sink=config.get("metrics_sink"),
                    init_path=init_path, ref_path=ref_path, pad_id=pad_id, examples=examples,
                    example_ids=ids, num_examples=num_examples, steps=steps,
-                   run_id=config.get("run_id", ""), phases=phases)
+                   run_id=config.get("run_id", ""), local_storage=config.get("local_storage"), phases=phases)
+
+
+def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
+    clock = time.perf_counter()
+    return fn(*args), time.perf_counter() - clock
 
 
 def _my_shard(rank: int, world: int) -> list[dict[str, Any]]:
@@ -461,22 +485,40 @@ def _maybe_report(w: _Worker, p: _Progress) -> None:
                                                          micro_batch=cfg.micro_batch_queries,
                                                          grad_accum=cfg.grad_accum, world_size=w.world))
     metrics["early_stopped"] = p.early_stopped
-    _report(metrics, ckpt.save(w.engine, {"step": p.step}, w.rank) if save_now else None)
+    _report(w, metrics, ckpt.save(w.engine, {"step": p.step}, w.rank) if save_now else None)
     if w.rank == 0 and w.sink is not None:
         ray.get(w.sink.add.remote(metrics))
     p.window = []
 
 
-def _report(metrics: dict[str, Any], folder: str | None) -> None:
+def _report(w: _Worker, metrics: dict[str, Any], folder: str | None) -> None:
     """Report to Ray Train with `folder` (if any) as the checkpoint; the folder goes once Ray has taken it."""
     import ray.train
 
     try:
         checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_fn=_local_upload(w) if folder else None)
     finally:
         if folder:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _local_upload(w: _Worker) -> Any:
+    """Where the run's checkpoints go to a local folder this node sees: put them there as hard links (copies across
+    file systems) instead of Ray Train's byte copy, which for the exported model alone is a second copy of every
+    weight. None (Ray Train's own upload) for S3 and for a folder this node does not have."""
+    if not w.local_storage or not os.path.isdir(w.local_storage):
+        return None
+
+    def upload(checkpoint: Any, dir_name: str) -> Any:
+        import ray.train
+
+        from ..atomic import link_or_copy_tree
+
+        return ray.train.Checkpoint.from_directory(
+            str(link_or_copy_tree(checkpoint.path, os.path.join(w.local_storage, dir_name))))
+
+    return upload
 
 
 def _export(w: _Worker, p: _Progress) -> None:
@@ -489,7 +531,7 @@ def _export(w: _Worker, p: _Progress) -> None:
     w.phases["gather_s"] = time.perf_counter() - t0
     folder = _write_export(w, p, state, probe) if w.rank == 0 else None
     del state
-    _report({"step": p.step, "exported": True}, folder)
+    _report(w, {"step": p.step, "exported": True}, folder)
 
 
 def _write_export(w: _Worker, p: _Progress, state: dict[str, Any], probe: list[list[float]] | None) -> str:

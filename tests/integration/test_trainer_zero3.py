@@ -147,6 +147,8 @@ def test_export_reloads_in_transformers_with_the_engines_logprobs(trained, examp
     folder = Path(trained.model_dir)
     assert (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
     assert not list(folder.parent.glob("model.*"))  # no temporary folder left beside it
+    # Local storage: the weights were written once; the checkpoint Ray Train keeps and the export share the file.
+    assert (folder / "model.safetensors").stat().st_nlink == 2
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(folder)
     got = _probe_matrix(model, tok, examples_path)

@@ -260,3 +260,31 @@ def test_retries_are_bounded_in_time_and_skip_user_errors():
 
     with pytest.raises(ValueError):
         with_retries(wrong, "s3://b/k", "read", 10, transient, str)
+
+
+def test_link_or_copy_tree_links_on_one_file_system_and_copies_across(tmp_path, monkeypatch):
+    """Checkpoints and exported models reach the run's folder as hard links: the bytes are not written twice."""
+    import os
+
+    from sami_ray.atomic import link_or_copy_tree
+
+    src = tmp_path / "export"
+    (src / "model").mkdir(parents=True)
+    (src / "model" / "model.safetensors").write_bytes(b"w" * 1000)
+    (src / "marker.json").write_text("{}")
+    linked = link_or_copy_tree(src, tmp_path / "ckpt" / "checkpoint_1")
+    got = linked / "model" / "model.safetensors"
+    assert got.read_bytes() == b"w" * 1000
+    assert got.stat().st_ino == (src / "model" / "model.safetensors").stat().st_ino  # one file, two names
+
+    def no_links(a, b):  # as across file systems (EXDEV)
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    copied = link_or_copy_tree(src, tmp_path / "other")
+    assert (copied / "marker.json").read_text() == "{}"
+    assert (copied / "model" / "model.safetensors").stat().st_ino != got.stat().st_ino
+    import shutil
+
+    shutil.rmtree(src)  # the source goes, as the worker's temporary export folder does: both copies stay whole
+    assert got.read_bytes() == b"w" * 1000 and (copied / "model" / "model.safetensors").read_bytes() == b"w" * 1000
