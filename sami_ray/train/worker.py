@@ -15,7 +15,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,31 +208,30 @@ def _setup(config: dict[str, Any]) -> _Worker:
                         "lower trainer.num_workers or sample more queries")
     # The shard's read is mostly Ray Data's read task starting in another process: it runs while this one imports
     # DeepSpeed and transformers (about 3 s on 2 cores), joins the process group and finds the models.
+    phases: dict[str, float] = {}
+
+    def read_shard() -> list[dict[str, Any]]:
+        with _clocked(phases, "data_s"):
+            return _my_shard(rank, world)
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sami-shard") as pool:
-        shard = pool.submit(_timed, _my_shard, rank, world)
+        shard = pool.submit(read_shard)
+        with _clocked(phases, "deepspeed_s"):
+            import deepspeed  # only now: it reads its collective timeout at import
+            import torch
 
-        clock = time.perf_counter()
-        import deepspeed  # only now: it reads its collective timeout at import
-        import torch
-
-        _skip_shm_op()
-        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
-        torch.manual_seed(config["seed"])
-        phases = {"deepspeed_s": time.perf_counter() - clock}
-        clock = time.perf_counter()
-        init_path, ref_path = _local_models(config)
-        phases["models_s"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        import transformers.models.auto.modeling_auto  # noqa: F401  what tokenising and loading will need
-        import transformers.models.auto.tokenization_auto  # noqa: F401
-
-        phases["transformers_s"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        rows, phases["data_s"] = shard.result()
-        phases["data_wait_s"] = time.perf_counter() - clock  # what the read added once the rest was done
-    clock = time.perf_counter()
-    pad_id, examples, ids = _tokenize(init_path, rows, cfg.objective, config.get("max_prompt_tokens"))
-    phases["tokenize_s"] = time.perf_counter() - clock
+            _skip_shm_op()
+            deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+            torch.manual_seed(config["seed"])
+        with _clocked(phases, "models_s"):
+            init_path, ref_path = _local_models(config)
+        with _clocked(phases, "transformers_s"):
+            import transformers.models.auto.modeling_auto  # noqa: F401  what tokenising and loading will need
+            import transformers.models.auto.tokenization_auto  # noqa: F401
+        with _clocked(phases, "data_wait_s"):  # what the read added once the rest was done
+            rows = shard.result()
+    with _clocked(phases, "tokenize_s"):
+        pad_id, examples, ids = _tokenize(init_path, rows, cfg.objective, config.get("max_prompt_tokens"))
     steps = total_steps(num_examples, epochs=cfg.epochs, max_steps=cfg.max_steps,
                         micro_batch=cfg.micro_batch_queries, grad_accum=cfg.grad_accum, world_size=world)
     return _Worker(cfg=cfg, rank=rank, world=world, seed=config["seed"], sink=config.get("metrics_sink"),
@@ -239,9 +240,14 @@ def _setup(config: dict[str, Any]) -> _Worker:
                    run_id=config.get("run_id", ""), local_storage=config.get("local_storage"), phases=phases)
 
 
-def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
+@contextmanager
+def _clocked(phases: dict[str, float], key: str) -> Iterator[None]:
+    """Record the block's wall time as `phases[key]` (for the stage summary's `phases`)."""
     clock = time.perf_counter()
-    return fn(*args), time.perf_counter() - clock
+    try:
+        yield
+    finally:
+        phases[key] = time.perf_counter() - clock
 
 
 def _my_shard(rank: int, world: int) -> list[dict[str, Any]]:
