@@ -25,10 +25,31 @@ def demo_config(storage: str, overrides: list[str]):
     return load_config(str(demo_config_path()), [f"storage.uri={storage}", *overrides])
 
 
+def demo_samples(config: Any, dest: Any) -> Any:
+    """The demo's iteration-1 examples (principles first, then sampling, as `sami-ray run` walks them), copied to
+    `dest`; the run, its sampler pool and Ray are shut down afterwards."""
+    import ray
+
+    from sami_ray.driver import Run
+
+    run = Run.start(config, run_id="bench-samples")
+    try:
+        loop = run.loop
+        principles = loop.principles()
+        train, _ = loop.queries()
+        examples = loop.samples(1, None, loop.iteration_queries(1, train), principles)
+        dest.write_bytes(examples.read_bytes())
+    finally:
+        run.shutdown()
+        ray.shutdown()
+    return dest
+
+
 def plain_train(model: Any, tokenizer: Any, examples: list, cfg: Any, *, max_prompt_tokens: int | None,
-                seed: int, plain_optimizer: str = "torch") -> dict:
+                seed: int, plain_optimizer: str = "torch", step_impl: str = "reference") -> dict:
     """Train `model` in place on SAMI `examples` as the trainer's config says (one process, no DeepSpeed);
-    {steps, step_s (median), loss (last)}. `seed` orders the examples as the trainer's data stream does."""
+    {steps, step_s (median), steps_s (their sum), loss (last)}. `seed` orders the examples as the trainer's data
+    stream does; `step_impl` "shared_prefix" scores the pairs as the trainer does."""
     import torch
 
     from sami_ray.sami.data import tokenize_example
@@ -41,7 +62,7 @@ def plain_train(model: Any, tokenizer: Any, examples: list, cfg: Any, *, max_pro
                          "trainer.beta = 0)")
     rows = [tokenize_example(tokenizer, ex, max_prompt_tokens=max_prompt_tokens) for ex in examples]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    scorer = PairScorer(model, "reference", cfg.logprob_chunk_size, pad)  # every pair a separate sequence
+    scorer = PairScorer(model, step_impl, cfg.logprob_chunk_size, pad)  # reference: every pair a separate sequence
     steps = total_steps(len(rows), epochs=cfg.epochs, max_steps=cfg.max_steps, micro_batch=cfg.micro_batch_queries,
                         grad_accum=cfg.grad_accum, world_size=1)
     if plain_optimizer == "ours":
@@ -75,7 +96,8 @@ def plain_train(model: Any, tokenizer: Any, examples: list, cfg: Any, *, max_pro
     finally:
         model.eval()
         model.config.use_cache = use_cache
-    return {"steps": len(step_times), "step_s": statistics.median(step_times), "loss": loss}
+    return {"steps": len(step_times), "step_s": statistics.median(step_times), "steps_s": sum(step_times),
+            "loss": loss}
 
 
 def _put_result(queue: Any, target: Callable[..., dict], args: tuple) -> None:
