@@ -25,20 +25,26 @@ def demo_config(storage: str, overrides: list[str]):
     return load_config(str(demo_config_path()), [f"storage.uri={storage}", *overrides])
 
 
+def sample_iteration_1(loop: Any, dest: Any) -> Any:
+    """A run's iteration-1 examples (principles first, then sampling, as `sami-ray run` walks them), copied to
+    `dest`; returns the committed samples file the run's own training stage reads."""
+    principles = loop.principles()
+    train, _ = loop.queries()
+    examples = loop.samples(1, None, loop.iteration_queries(1, train), principles)
+    dest.write_bytes(examples.read_bytes())
+    return examples
+
+
 def demo_samples(config: Any, dest: Any) -> Any:
-    """The demo's iteration-1 examples (principles first, then sampling, as `sami-ray run` walks them), copied to
-    `dest`; the run, its sampler pool and Ray are shut down afterwards."""
+    """The demo's iteration-1 examples copied to `dest`; the run, its sampler pool and Ray are shut down
+    afterwards."""
     import ray
 
     from sami_ray.driver import Run
 
     run = Run.start(config, run_id="bench-samples")
     try:
-        loop = run.loop
-        principles = loop.principles()
-        train, _ = loop.queries()
-        examples = loop.samples(1, None, loop.iteration_queries(1, train), principles)
-        dest.write_bytes(examples.read_bytes())
+        sample_iteration_1(run.loop, dest)
     finally:
         run.shutdown()
         ray.shutdown()

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _demo_common import demo_config, plain_train, run_spawned
+from _demo_common import demo_config, plain_train, run_spawned, sample_iteration_1
 
 
 def _demo_config(storage: str, overrides: list[str]):
@@ -44,13 +44,8 @@ def _ours(workdir: Path, overrides: list[str]) -> tuple[dict, Path]:
 
     run = Run.start(_demo_config(str(workdir / "runs"), overrides), run_id="bench")
     try:
-        loop = run.loop
-        principles = loop.principles()
-        train, _ = loop.queries()
-        examples = loop.samples(1, None, loop.iteration_queries(1, train), principles)
         kept = workdir / "examples.jsonl"
-        kept.write_bytes(examples.read_bytes())
-        loop.model(1, None, examples)
+        run.loop.model(1, None, sample_iteration_1(run.loop, kept))
         stats = run.store.store.get_json("iter-0001/train_metrics.json")
     finally:
         run.shutdown()
