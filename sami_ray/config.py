@@ -267,7 +267,8 @@ class SamplerConfig(Section):
                                              "sample other answers to the same queries and constitutions")
     engine: EngineOptions = Field(default_factory=EngineOptions, description="the policy's engine options")
     filters: FilterConfig = Field(default_factory=FilterConfig)
-    max_retries: int = Field(default=3, ge=0, description="retries of a batch whose replica died")
+    max_retries: int = Field(default=3, ge=0, description="retries of a batch whose replica died, and of "
+                             "a replacement replica that died while starting")
     samples_file: str | None = Field(
         default=None, description="iteration 1 trains on this file instead of sampling: the SAMI reference's "
                                   "generated data ({example_id: [{prompt, response}, ...]}, a path or s3:// URI), "

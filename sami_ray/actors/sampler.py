@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
@@ -49,6 +50,7 @@ class PolicySampler:
         self.calls = 0
 
     def ready(self) -> int:
+        faults.maybe_exit_sampler_start()  # tests only: die as a replica on a lost node does, before it is ready
         return self.engine.version
 
     def generate(self, prompts: list[str], spec: SamplingSpec, seeds: list[int]) -> list[list[Generation]]:
@@ -139,6 +141,7 @@ class SamplerPool:
         """
         results: list = [None] * len(batches)
         attempts = [0] * len(batches)
+        starts = [0] * len(self.replicas)  # failed starts of each replica's replacement in a row
         queue = deque(range(len(batches)))
         idle = deque(range(len(self.replicas)))
         inflight: dict = {}  # ref -> (batch index or None for a replacement starting, replica index)
@@ -155,7 +158,19 @@ class SamplerPool:
                 value = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
                 if b is None:
-                    raise SamplerError(f"replacement sampler replica {r} failed to start: {_short(e)}") from None
+                    starts[r] += 1
+                    if starts[r] > self.cfg.max_retries:
+                        raise SamplerError(f"replacement sampler replica {r} failed to start {starts[r]} times (last: "
+                                           f"{_short(e)}); see sampler.max_retries") from None
+                    # Started before Ray has marked a lost node dead (it takes some seconds of missed heartbeats),
+                    # a replacement is placed in its bundle on that node and dies with it; once the node is marked
+                    # dead, Ray moves the bundle to a live node.
+                    wait_s = 5.0 * starts[r]
+                    log.warning("replacement sampler replica %d died while starting (%s); starting another in %.0f s",
+                                r, _short(e), wait_s)
+                    time.sleep(wait_s)
+                    inflight[self._replace(r)] = (None, r)
+                    continue
                 attempts[b] += 1
                 if attempts[b] > self.cfg.max_retries:
                     raise SamplerError(f"batch {b} failed {attempts[b]} times: its sampler replica died each time "
@@ -165,6 +180,7 @@ class SamplerPool:
                 inflight[self._replace(r)] = (None, r)
                 continue
             if b is None:
+                starts[r] = 0
                 log.info("replacement sampler replica %d is ready", r)
             else:
                 results[b] = value

@@ -93,6 +93,26 @@ def test_killed_replica_mid_batch_loses_and_duplicates_nothing(pool, reference, 
     assert pool.versions() == [0, 0]
 
 
+def test_a_replacement_that_dies_while_starting_is_started_again(cluster, models, reference, tmp_path):
+    """As when a lost node is not yet marked dead: the replacement lands on it and dies too. Another one is started
+    (after a pause in which Ray moves the bundle), and every batch still comes back once. One replica, so the
+    batches wait for the replacement."""
+    died, died_starting = tmp_path / "died", tmp_path / "died-starting"
+    env = runtime_env()
+    env["env_vars"]["SAMI_RAY_TEST_FAULTS"] = json.dumps({"sampler_exit": {"marker": str(died)},
+                                                         "sampler_start_exit": {"marker": str(died_starting)}})
+    died_starting.write_text("disarmed while the pool starts\n")
+    one = SamplerPool(str(models[0]), SamplerConfig(replicas=1, batch_size=4, engine=ENGINE, max_retries=2),
+                      RoleResources(num_cpus=1), runtime_env=env)
+    try:
+        died_starting.unlink()  # the replica dies in its first generate call, its first replacement as it starts
+        out = one.generate(PROMPTS, SPEC, SEEDS)
+        assert died.exists() and died_starting.exists(), "a fault hook never fired: the test proves nothing"
+        assert out == reference
+    finally:
+        one.shutdown()
+
+
 def test_score_through_the_pool(pool, models):
     engine = make_engine(str(models[0]), "hf", SamplerConfig(engine=ENGINE).engine)
     prompts = [p for _, p in ITEMS[:10]]
