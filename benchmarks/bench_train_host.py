@@ -71,8 +71,9 @@ def main() -> None:
     from sami_ray.sami.seeds import derive_seed
 
     with tempfile.TemporaryDirectory(prefix="bench-train-host-") as tmp:
+        # Only the samples are wanted: no trainer is started beside the sampling.
         cfg = demo_config(f"{tmp}/runs", ["constitutions.write_with_writer=false", "evaluation.enabled=false",
-                                           *args.overrides])
+                                           "trainer.start_early=never", *args.overrides])
         examples = demo_samples(cfg, Path(tmp) / "examples.jsonl")
         model = str(resolve_model_path(cfg.models.policy.path, cfg.models.policy.gguf_file))
         threads = max(1, int(cfg.resources.trainer.num_cpus))

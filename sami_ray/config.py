@@ -310,6 +310,13 @@ class TrainerConfig(Section):
     checkpoint_every: int = Field(default=32, ge=1)
     max_failures: int = Field(default=2, ge=0)
     collective_timeout_min: int = Field(default=10, ge=1)
+    start_early: Literal["auto", "always", "never"] = Field(
+        default="auto", description="start each iteration's worker group (processes, imports, process group, the "
+                                    "models fetched to its nodes) while its samples are drawn, when the cluster has "
+                                    "room for it beside the sampler pool; it trains once the samples are committed. "
+                                    "auto: not on a local Ray that counts more CPUs than the machine has cores (as "
+                                    "the demo does), where the two would slow each other down more than the start "
+                                    "saves; always: whenever there is room; never")
     early_stop_mi_bound: float | None = Field(default=None, gt=0,
                                               description="stop an epoch once the running MI bound exceeds this")
     # The baselines train on the same worker group, data path, checkpoints and export as SAMI.

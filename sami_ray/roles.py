@@ -9,6 +9,7 @@ the engines: `generate(prompts, spec, seeds) -> list[list[Generation]]` and `sco
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,18 @@ class StepProgress:
             self.bar.close()
 
 
+def _cores_shared() -> bool:
+    """Whether the Ray cluster is this one machine and counts more CPUs than it has cores (the demo's sampler and
+    trainer take turns on the same cores). A trainer starting beside the sampling then slows the sampling by more
+    than its start saves (bench_demo_train.py on 2 cores: sampling 1.66x, sampling and training together 1.06x)."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) != 1 or nodes[0].get("NodeManagerAddress") != ray.util.get_node_ip_address():
+        return False
+    return nodes[0].get("Resources", {}).get("CPU", 0.0) > (os.cpu_count() or 1)
+
+
 class Roles:
     """The Ray-side parts of one run. `timed(name, fn, *args)` reports how long starting each one took."""
 
@@ -145,6 +158,7 @@ class Roles:
         self._pool_role = "policy"  # which model the one sampler pool serves: the policy's or models.sampler
         self._judge = None
         self._tokenizers: dict[tuple[str, str | None], Any] = {}
+        self._early: tuple[tuple, Any, StepProgress] | None = None  # (train arguments, launch, its progress line)
 
     # ------------------------------------------------------------ the policy
 
@@ -285,28 +299,76 @@ class Roles:
 
     # ------------------------------------------------------------ the trainer
 
+    def start_training(self, init_model: str | None, storage: tuple[Any, str], seed: int) -> bool:
+        """Launch the worker group of the `train` call with these arguments now, before its samples exist
+        (trainer.start_early), when the cluster has room for it beside what runs (the sampler pool must be up
+        already: the group never takes room the pool is waiting for). Whether it was launched."""
+        from .actors.placement import fits_now
+
+        self.cancel_training()
+        t = self.cfg.trainer
+        if t.start_early == "never":
+            return False
+        ensure_ray(self.cfg.resources)
+        if t.start_early == "auto" and _cores_shared():
+            log.info("the trainer starts after sampling: this machine's cores are shared by the sampler and the "
+                     "trainer (trainer.start_early: always overrides)")
+            return False
+        if not fits_now(self.cfg.resources.trainer, t.num_workers):
+            log.info("the trainer starts after sampling: the cluster has no room for it beside the sampler pool")
+            return False
+        progress = StepProgress()
+        launch = self._launch(init_model, storage, seed, progress)
+        launch.start()
+        self._early = ((init_model, storage[1], seed), launch, progress)
+        return True
+
+    def cancel_training(self) -> None:
+        """End a worker group launched by `start_training` that was not used."""
+        if self._early is not None:
+            _, launch, progress = self._early
+            self._early = None
+            try:
+                launch.cancel()
+            finally:
+                progress.close()
+
     def train(self, examples_path: Path, init_model: str | None, output_dir: Path, storage: tuple[Any, str],
               seed: int):
         """One training stage on the Ray Train worker group, from `init_model` (a committed stage's URI or
         folder; None: the base model); every worker resolves its models on its own node. The exported model
-        lands in `output_dir`."""
-        from .train import train
-
+        lands in `output_dir`. The group `start_training` launched for the same arguments trains; else one
+        starts now."""
         ensure_ray(self.cfg.resources)
-        fs, path = storage
-        base = self.specs["policy"].model
-        progress = StepProgress()
-        data = self._training_data(Path(examples_path), Path(output_dir).parent)
+        if self._early is not None and self._early[0] != (init_model, storage[1], seed):
+            self.cancel_training()  # launched for another stage
+        if self._early is not None:
+            _, launch, progress = self._early
+            self._early = None
+        else:
+            progress = StepProgress()
+            launch = self._launch(init_model, storage, seed, progress)
         try:
-            return train(examples_path=str(data), init_model_path=init_model or base.path,
-                         init_gguf_file=None if init_model else base.gguf_file,
-                         ref_model_path=base.path if self.cfg.trainer.beta > 0 else None,
-                         ref_gguf_file=base.gguf_file, model_storage=self.cfg.storage, trainer_cfg=self.cfg.trainer,
-                         output_dir=str(output_dir), storage_path=path, storage_filesystem=fs, run_name="train",
-                         resources=self.cfg.resources.trainer, seed=seed,
-                         max_prompt_tokens=self.cfg.task.max_prompt_tokens, run_id=self.run_id, on_step=progress)
+            data = self._training_data(Path(examples_path), Path(output_dir).parent)
+            return launch.train_on(str(data), str(output_dir))
+        except BaseException:
+            launch.cancel()  # a group that never got its examples
+            raise
         finally:
             progress.close()
+
+    def _launch(self, init_model: str | None, storage: tuple[Any, str], seed: int, progress: StepProgress):
+        from .train import TrainingLaunch
+
+        fs, path = storage
+        base = self.specs["policy"].model
+        return TrainingLaunch(init_model_path=init_model or base.path, init_gguf_file=None if init_model else
+                              base.gguf_file, ref_model_path=base.path if self.cfg.trainer.beta > 0 else None,
+                              ref_gguf_file=base.gguf_file, model_storage=self.cfg.storage,
+                              trainer_cfg=self.cfg.trainer, storage_path=path, storage_filesystem=fs,
+                              run_name="train", resources=self.cfg.resources.trainer, seed=seed,
+                              max_prompt_tokens=self.cfg.task.max_prompt_tokens, run_id=self.run_id,
+                              on_step=progress)
 
     def _training_data(self, examples_path: Path, folder: Path) -> Path:
         """What the configured objective trains on: SAMI the samples; DPO and SFT (prompt, responses) pairs, from
@@ -341,6 +403,7 @@ class Roles:
     # ------------------------------------------------------------ lifetime
 
     def shutdown(self) -> None:
+        self.cancel_training()
         for pool in (self._pool, self._judge):
             if pool is not None:
                 pool.shutdown()

@@ -152,6 +152,7 @@ class StageLoop:
             generator = self.roles.sampler()
         else:
             asked, generator = [p for ps in prompts for p in ps], self.policy(model_stage)
+        self._train_early(k, model_stage)  # now that the pool is up: the trainer takes only room left beside it
         flat = generator.generate(asked, sampling_from(self.cfg.sampler), seeds)
         filt = ResponseFilter.from_config(self.cfg.sampler.filters)
         kept, dropped, at = [], {}, 0
@@ -164,6 +165,16 @@ class StageLoop:
                 continue
             kept.append(SamiExample(q, cons, [g.text for g in gens], ps))
         return kept, dropped
+
+    def _train_early(self, k: int, model_stage: str | None) -> None:
+        """Launch iteration k's training worker group while its samples are drawn (trainer.start_early; the roles
+        check that the cluster has room), so that its start overlaps the sampling instead of following it. The
+        arguments are those `model` will train with."""
+        if self.store.is_committed(stage_key(k, "model")):
+            return
+        init = model_stage if self.cfg.trainer.init == "previous" else None
+        self.roles.start_training(self.model_ref(init), self.store.train_target(k),
+                                  derive_seed(self.cfg.run.seed, "train", k))
 
     def samples(self, k: int, model_stage: str | None, train: list[Query], principles: PrincipleSet) -> Path:
         key = stage_key(k, "samples")

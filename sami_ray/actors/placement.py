@@ -60,6 +60,25 @@ def reserve(role: str, res: RoleResources, replicas: int, name: str, timeout_s: 
     return pg
 
 
+def fits_now(res: RoleResources, replicas: int, wait_s: float = 5.0) -> bool:
+    """Whether `replicas` bundles of a role can be placed on the cluster's free resources now: a placement group is
+    tried (and removed again) only when the free totals allow it. For work that may start early but must not wait
+    for room, nor take room that another role is about to need."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    b = bundle(res)
+    free = ray.available_resources()
+    if any(free.get(name, 0.0) < amount * replicas for name, amount in b.items()):
+        return False
+    pg = placement_group([dict(b) for _ in range(replicas)], strategy="PACK", name="sami-room-probe")
+    try:
+        ready, _ = ray.wait([pg.ready()], timeout=wait_s)
+        return bool(ready)
+    finally:
+        remove_placement_group(pg)
+
+
 def require_custom(role: str, res: RoleResources, replicas: int, timeout_s: float = 300.0) -> None:
     """Before a group that Ray places by itself (the Ray Train workers): when the cluster's totals lack a custom
     resource the role asks for, wait up to `timeout_s` for nodes that offer it (a pending placement group makes an

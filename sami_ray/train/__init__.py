@@ -1,4 +1,4 @@
-"""Training on Ray Train + DeepSpeed. `train` and `TrainResult` load on first use: `sami_ray.train.step` (torch only)
+"""Training on Ray Train + DeepSpeed. `train`, `TrainingLaunch` and `TrainResult` load on first use: `sami_ray.train.step` (torch only)
 must import without the trainer's config (pydantic, yaml), since scripts/gpu_check.sh runs the step on a bare GPU
 machine that has neither."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .trainer import TrainResult, train
+    from .trainer import TrainingLaunch, TrainResult, train
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["TrainResult", "TrainingLaunch", "train"]
 
 
 def __getattr__(name: str) -> Any:

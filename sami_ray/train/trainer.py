@@ -1,8 +1,10 @@
 """The driver's entry to training: launch a Ray Train worker group, collect its metrics, fetch the exported model.
 
-The examples reach the workers as a Ray Data dataset read from the samples file on the driver's node (a run of
-100,000 queries is never one task argument); every worker keeps and tokenises only its own shard (data_stream).
-Rank 0 streams each step's statistics to a metrics actor that the driver polls for its progress line. The exported
+The group may be launched before its examples exist (trainer.start_early: its start overlaps the sampling); a
+channel actor hands it the samples file once committed. The examples reach the workers as a Ray Data dataset read
+from that file on the driver's node (a run of 100,000 queries is never one task argument); every worker keeps and
+tokenises only its own shard (data_stream). Rank 0 streams each step's statistics to the same channel, which the
+driver polls for its progress line. The exported
 model travels back through the run's checkpoint storage (the last checkpoint rank 0 reports), so it reaches the
 driver's `output_dir` wherever the workers ran.
 """
@@ -33,23 +35,37 @@ class TrainResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-class _MetricsSink:
-    """Rank 0's per-step statistics and its reports. A restarted group re-sends some steps; the latest one wins."""
+class _StageChannel:
+    """The driver's line to one training stage's worker group: the samples handed over once committed (the group
+    may start before they exist), rank 0's per-step statistics and reports coming back. A restarted group re-sends
+    some steps; the latest one wins. All methods are coroutines: the actor runs them on one event loop."""
 
     def __init__(self) -> None:
+        import asyncio
+
         self.by_step: dict[int, dict[str, Any]] = {}
         self.last_step: dict[str, Any] | None = None
+        self.examples: dict[str, Any] | None = None  # {"path", "num_examples"}, or {"cancelled": True}
+        self._given = asyncio.Event()
 
-    def add(self, metrics: dict[str, Any]) -> None:
+    async def give(self, examples: dict[str, Any]) -> None:
+        self.examples = examples
+        self._given.set()
+
+    async def wait_examples(self) -> dict[str, Any]:
+        await self._given.wait()
+        return self.examples  # type: ignore[return-value]
+
+    async def add(self, metrics: dict[str, Any]) -> None:
         self.by_step[int(metrics["step"])] = metrics
 
-    def add_step(self, stats: dict[str, Any]) -> None:
+    async def add_step(self, stats: dict[str, Any]) -> None:
         self.last_step = stats
 
-    def latest_step(self) -> dict[str, Any] | None:
+    async def latest_step(self) -> dict[str, Any] | None:
         return self.last_step
 
-    def all(self) -> list[dict[str, Any]]:
+    async def all(self) -> list[dict[str, Any]]:
         return [self.by_step[k] for k in sorted(self.by_step)]
 
 
@@ -91,20 +107,6 @@ def _check_pairs(path: str) -> int:
     if not count:
         raise DataError(f"{path}: no pairs to train on")
     return count
-
-
-def _examples_dataset(path: str) -> Any:
-    """The samples file as a Ray Data dataset of its lines, read on the driver's node: the file is on the driver's
-    disk, which other nodes need not share."""
-    import ray
-    import ray.data
-
-    here = {"ray.io/node-id": ray.get_runtime_context().get_node_id()}  # a label every Ray node carries
-    # No CPU for the read: the worker group holds the CPUs it asked for, and a read waiting for one of them would
-    # wait for ever (reading a text file needs next to none).
-    ds = ray.data.read_text(os.path.abspath(path), num_cpus=0, label_selector=here)
-    ds.context.enable_progress_bars = False  # one file, read once per worker: a bar would only flood the log
-    return ds
 
 
 def _data_config() -> Any:
@@ -180,91 +182,168 @@ def _fit(trainer: Any) -> Any:
         raise UserError(f"trainer worker {rank}: {err}") from None
 
 
-def train(examples_path: str, init_model_path: str, ref_model_path: str | None, trainer_cfg: TrainerConfig,
-          output_dir: str, storage_path: str, storage_filesystem: Any = None, run_name: str = "train",
-          resources: RoleResources | None = None, seed: int = 0,
-          max_prompt_tokens: int | None = None, *, init_gguf_file: str | None = None,
-          ref_gguf_file: str | None = None, model_storage: Any = None, run_id: str = "",
-          on_step: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
-    """Train on `examples_path` and export the result to `output_dir`: SAMI examples (trainer.objective sami), or
-    a pairs file (`sami.pairs`: prompt with chosen and rejected for dpo, prompt and completion for sft). Training
-    prompts longer than `max_prompt_tokens` are cut from the left (task.max_prompt_tokens).
+class TrainingLaunch:
+    """One training stage's worker group, which may start before its examples exist (trainer.start_early).
+
+    `start` launches the group in the background: Ray Train's processes, the imports, the process group and the
+    models found on each node, all while the samples are still being drawn; the workers then wait for the examples.
+    `train_on` hands them the committed samples (a path on the driver's node) and returns the exported model;
+    `cancel` ends a group whose samples never came. A stage that begins with its examples is `train_on` alone.
 
     The init and reference models are anything `models.resolve_model_path` takes (a folder, builtin:, a hub id,
     an s3:// folder such as a committed model stage): every worker resolves them on its own node, reaching S3
     with `model_storage` (a StorageConfig; None: the standard AWS chain). Each optimizer step's statistics go to the
     dashboard (tagged with `run_id`), to the workers' log, and to `on_step` on the driver."""
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
-    from ..actors.placement import bundle, require_custom
-    from .worker import train_loop
+    def __init__(self, init_model_path: str, ref_model_path: str | None, trainer_cfg: TrainerConfig,
+                 storage_path: str, storage_filesystem: Any = None, run_name: str = "train",
+                 resources: RoleResources | None = None, seed: int = 0, max_prompt_tokens: int | None = None, *,
+                 init_gguf_file: str | None = None, ref_gguf_file: str | None = None, model_storage: Any = None,
+                 run_id: str = "", on_step: Callable[[dict[str, Any]], None] | None = None):
+        if trainer_cfg.objective == "sami" and trainer_cfg.beta > 0 and ref_model_path is None:
+            raise UserError("trainer.beta > 0 needs a reference model (the run's initial model)")
+        if trainer_cfg.objective == "dpo" and ref_model_path is None:
+            ref_model_path, ref_gguf_file = init_model_path, init_gguf_file  # DPO's reference: where training starts
+        self.cfg, self.resources = trainer_cfg, resources or RoleResources()
+        self.on_step = on_step
+        self._config = {
+            "trainer": trainer_cfg.model_dump(mode="json"), "run_id": run_id, "init_model_path": str(init_model_path),
+            "ref_model_path": str(ref_model_path) if ref_model_path else None, "seed": seed,
+            "use_gpu": self.resources.num_gpus > 0, "num_cpus": self.resources.num_cpus,
+            "max_prompt_tokens": max_prompt_tokens, "init_gguf_file": init_gguf_file, "ref_gguf_file": ref_gguf_file,
+            "model_storage": model_storage,
+        }
+        if storage_filesystem is None and "://" not in storage_path:
+            storage_path = os.path.abspath(storage_path)  # Ray Train wants an absolute local path
+            self._config["local_storage"] = os.path.join(storage_path, run_name)  # checkpoints linked, not copied
+        self._storage = (storage_path, storage_filesystem, run_name)
+        self._channel: Any = None
+        self._thread: threading.Thread | None = None
+        self._outcome: dict[str, Any] = {}
+        self._started = self._started_wall = 0.0
+        self._given = False  # the examples were handed over: from then on the group ends by itself
 
-    resources = resources or RoleResources()
-    sami = trainer_cfg.objective == "sami"
-    num_examples = _check_examples(examples_path) if sami else _check_pairs(examples_path)
-    if sami and trainer_cfg.beta > 0 and ref_model_path is None:
-        raise UserError("trainer.beta > 0 needs a reference model (the run's initial model)")
-    if trainer_cfg.objective == "dpo" and ref_model_path is None:
-        ref_model_path, ref_gguf_file = init_model_path, init_gguf_file  # DPO's reference: where training starts
-    use_gpu = resources.num_gpus > 0
-    per_worker = bundle(resources)  # CPUs, GPUs and the custom resources (resources.trainer.custom) of one worker
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
 
-    # The sink lives on the head node, which lives as long as the cluster: a lost worker node (a sampler's) must not
-    # take the training's metrics with it.
-    sink = ray.remote(num_cpus=0)(_MetricsSink).options(resources={HEAD_NODE: 0.001}).remote()
-    config = {
-        "trainer": trainer_cfg.model_dump(mode="json"), "num_examples": num_examples, "run_id": run_id,
-        "init_model_path": str(init_model_path),
-        "ref_model_path": str(ref_model_path) if ref_model_path else None, "seed": seed, "use_gpu": use_gpu,
-        "num_cpus": resources.num_cpus, "metrics_sink": sink, "max_prompt_tokens": max_prompt_tokens,
-        "init_gguf_file": init_gguf_file, "ref_gguf_file": ref_gguf_file, "model_storage": model_storage,
-    }
-    if storage_filesystem is None and "://" not in storage_path:
-        storage_path = os.path.abspath(storage_path)  # Ray Train wants an absolute local path
-        config["local_storage"] = os.path.join(storage_path, run_name)  # checkpoints are linked there, not copied
-    timeout_s = trainer_cfg.collective_timeout_min * 60
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=config,
-        datasets={"train": _examples_dataset(examples_path)},
-        dataset_config=_data_config(),
-        scaling_config=ScalingConfig(num_workers=trainer_cfg.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker=per_worker),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=timeout_s),
-        run_config=RunConfig(name=run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,
-                             failure_config=FailureConfig(max_failures=trainer_cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=None)),
-    )
-    t0, t0_wall = time.perf_counter(), time.time()
-    try:
-        require_custom("trainer", resources, trainer_cfg.num_workers)  # Ray Train would wait for them forever
-        with _StepWatcher(sink, on_step):
-            result = _fit(trainer)
-        metrics = ray.get(sink.all.remote())
-    finally:
-        ray.kill(sink)
-    wall = time.perf_counter() - t0
-    if result.checkpoint is None:
-        raise RuntimeError("training finished without reporting the exported model")
-    t_fetch = time.perf_counter()
-    out = Path(output_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # The checkpoint is fetched beside `out` (one file system), so its model's files move into place by renames.
-    with tempfile.TemporaryDirectory(prefix=out.name + ".", dir=out.parent, ignore_cleanup_errors=True) as scratch:
-        fetched = _fetch_checkpoint(result.checkpoint, Path(scratch) / "ckpt")
-        if not ckpt.is_export(fetched):
-            raise RuntimeError(f"the last checkpoint {result.checkpoint.path} is not an exported model")
-        exported = json.loads((fetched / ckpt.EXPORT_MARKER).read_text())
-        with atomic_folder(out) as tmp:  # the folder appears whole or not at all
-            for entry in (fetched / "model").iterdir():
-                os.replace(entry, tmp / entry.name)
-    phases = exported.get("phases") or {}
-    if "started_at" in phases:  # from the call to the first line of the worker's loop: the worker group's start
-        phases["group_start_s"] = phases.pop("started_at") - t0_wall
-    phases["fetch_s"] = time.perf_counter() - t_fetch
-    last = next((m for m in reversed(metrics) if "loss" in m), {})
-    summary = {**exported, "phases": phases, "wall_s": wall, "reports": len(metrics),
-               **{k: last[k] for k in ("loss", "mi_bound", "row_accuracy", "col_accuracy", "kl") if k in last}}
-    return TrainResult(str(out), metrics, summary)
+    def start(self) -> None:
+        """Launch the worker group in the background; its workers wait for `train_on`'s examples."""
+        import ray
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchConfig, TorchTrainer
+
+        from ..actors.placement import bundle, require_custom
+        from .samples_source import samples_dataset
+        from .worker import train_loop
+
+        cfg, resources = self.cfg, self.resources
+        require_custom("trainer", resources, cfg.num_workers)  # Ray Train would wait for them forever
+        # The channel lives on the head node, which lives as long as the cluster: a lost worker node (a sampler's)
+        # must not take the training's metrics with it.
+        self._channel = ray.remote(num_cpus=0)(_StageChannel).options(resources={HEAD_NODE: 0.001}).remote()
+        use_gpu = resources.num_gpus > 0
+        storage_path, storage_filesystem, run_name = self._storage
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config={**self._config, "channel": self._channel},
+            datasets={"train": samples_dataset(self._channel)},
+            dataset_config=_data_config(),
+            # CPUs, GPUs and the custom resources (resources.trainer.custom) of one worker
+            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
+                                         resources_per_worker=bundle(resources)),
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=cfg.collective_timeout_min * 60),
+            run_config=RunConfig(name=run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,
+                                 failure_config=FailureConfig(max_failures=cfg.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=None)),
+        )
+        self._started, self._started_wall = time.perf_counter(), time.time()
+        self._thread = threading.Thread(target=self._fit, args=(trainer,), name="sami-train-fit", daemon=True)
+        self._thread.start()
+
+    def _fit(self, trainer: Any) -> None:
+        try:
+            with _StepWatcher(self._channel, self.on_step):
+                self._outcome["result"] = _fit(trainer)
+        except BaseException as e:  # handed to `train_on`, in the caller's thread
+            self._outcome["error"] = e
+
+    def train_on(self, examples_path: str, output_dir: str) -> TrainResult:
+        """Train on `examples_path` and export the result to `output_dir`: SAMI examples (trainer.objective sami),
+        or a pairs file (`sami.pairs`: prompt with chosen and rejected for dpo, prompt and completion for sft)."""
+        import ray
+
+        try:
+            num_examples = (_check_examples if self.cfg.objective == "sami" else _check_pairs)(examples_path)
+            if num_examples < self.cfg.num_workers:
+                raise DataError(f"{examples_path}: {num_examples} training examples cannot be shared by "
+                                f"trainer.num_workers = {self.cfg.num_workers} workers; lower trainer.num_workers "
+                                "or sample more queries")
+        except BaseException:
+            self.cancel()
+            raise
+        if not self.started:
+            self.start()
+        t0 = time.perf_counter()
+        started_early_s = t0 - self._started
+        self._given = True
+        try:
+            ray.get(self._channel.give.remote({"path": os.path.abspath(examples_path), "num_examples": num_examples}))
+            self._thread.join()  # type: ignore[union-attr]
+            if "error" in self._outcome:
+                raise self._outcome["error"]
+            result = self._outcome["result"]
+            metrics = ray.get(self._channel.all.remote())
+        finally:
+            ray.kill(self._channel)
+        wall = time.perf_counter() - t0
+        if result.checkpoint is None:
+            raise RuntimeError("training finished without reporting the exported model")
+        t_fetch = time.perf_counter()
+        out = Path(output_dir)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # The checkpoint is fetched beside `out` (one file system), so its model's files move into place by renames.
+        with tempfile.TemporaryDirectory(prefix=out.name + ".", dir=out.parent, ignore_cleanup_errors=True) as tmp:
+            fetched = _fetch_checkpoint(result.checkpoint, Path(tmp) / "ckpt")
+            if not ckpt.is_export(fetched):
+                raise RuntimeError(f"the last checkpoint {result.checkpoint.path} is not an exported model")
+            exported = json.loads((fetched / ckpt.EXPORT_MARKER).read_text())
+            with atomic_folder(out) as folder:  # the folder appears whole or not at all
+                for entry in (fetched / "model").iterdir():
+                    os.replace(entry, folder / entry.name)
+        phases = exported.get("phases") or {}
+        if "started_at" in phases:  # from the launch to the first line of the worker's loop: the group's start
+            phases["group_start_s"] = phases.pop("started_at") - self._started_wall
+        if started_early_s > 0:
+            phases["started_early_s"] = started_early_s  # how much of the above ran while the samples were drawn
+        phases["fetch_s"] = time.perf_counter() - t_fetch
+        last = next((m for m in reversed(metrics) if "loss" in m), {})
+        summary = {**exported, "phases": phases, "wall_s": wall, "reports": len(metrics),
+                   **{k: last[k] for k in ("loss", "mi_bound", "row_accuracy", "col_accuracy", "kl") if k in last}}
+        return TrainResult(str(out), metrics, summary)
+
+    def cancel(self, wait_s: float = 120.0) -> None:
+        """End a group whose samples never came: its workers return without training, and the group's resources
+        are free when this returns (or after `wait_s`, if the group is still starting)."""
+        import ray
+
+        if self._thread is None or self._given:
+            return
+        try:
+            ray.get(self._channel.give.remote({"cancelled": True}), timeout=30)
+            self._thread.join(timeout=wait_s)
+        finally:
+            ray.kill(self._channel)
+            self._thread = None
+
+
+def train(examples_path: str, init_model_path: str, ref_model_path: str | None, trainer_cfg: TrainerConfig,
+          output_dir: str, storage_path: str, storage_filesystem: Any = None, run_name: str = "train",
+          resources: RoleResources | None = None, seed: int = 0, max_prompt_tokens: int | None = None,
+          **options: Any) -> TrainResult:
+    """Train on `examples_path` and export the result to `output_dir` (a `TrainingLaunch` that starts with its
+    examples in hand). Training prompts longer than `max_prompt_tokens` are cut from the left
+    (task.max_prompt_tokens); `options` are `TrainingLaunch`'s keyword options."""
+    launch = TrainingLaunch(init_model_path, ref_model_path, trainer_cfg, storage_path, storage_filesystem, run_name,
+                            resources, seed, max_prompt_tokens, **options)
+    return launch.train_on(examples_path, output_dir)

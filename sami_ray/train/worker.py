@@ -121,7 +121,7 @@ class _Worker:
     rank: int
     world: int
     seed: int
-    sink: Any  # the driver's metrics actor, or None
+    sink: Any  # the stage's channel (trainer._StageChannel): steps and reports go there
     init_path: str
     ref_path: str | None
     pad_id: int
@@ -163,6 +163,8 @@ def train_loop(config: dict[str, Any]) -> None:
     started_at = time.time()  # wall clock: the driver compares it with its own to see how long the group took
     t0 = time.perf_counter()
     w = _setup(config)
+    if w is None:
+        return  # the stage was cancelled before its samples came: nothing to train
     w.phases.update(started_at=started_at, setup_s=time.perf_counter() - t0)  # models_s and data_s are in it
     restored = ray.train.get_checkpoint()
     if restored is not None and _is_exported(restored):
@@ -189,8 +191,9 @@ def train_loop(config: dict[str, Any]) -> None:
     _export(w, progress)
 
 
-def _setup(config: dict[str, Any]) -> _Worker:
-    """Process settings, then DeepSpeed's process group, the seed and the tokenized examples."""
+def _setup(config: dict[str, Any]) -> _Worker | None:
+    """Process settings, then DeepSpeed's process group, the seed and the tokenized examples; None when the stage
+    was cancelled before its samples came."""
     import ray.train
 
     from ..config import TrainerConfig
@@ -200,21 +203,23 @@ def _setup(config: dict[str, Any]) -> _Worker:
     _process_settings(cfg, config["num_cpus"], use_gpu)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    num_examples = int(config["num_examples"])
-    if num_examples < world:
-        from ..errors import DataError
-
-        raise DataError(f"{num_examples} training examples cannot be shared by trainer.num_workers = {world} workers; "
-                        "lower trainer.num_workers or sample more queries")
-    # The shard's read is mostly Ray Data's read task starting in another process: it runs while this one imports
-    # DeepSpeed and transformers (about 3 s on 2 cores), joins the process group and finds the models.
+    channel = config["channel"]
+    # The shard's read waits for the samples (a stage started early gets them once they are committed), then is
+    # mostly Ray Data's read task starting in another process: all of it runs while this thread imports DeepSpeed
+    # and transformers (about 3 s on 2 cores), joins the process group and finds the models.
     phases: dict[str, float] = {}
 
-    def read_shard() -> list[dict[str, Any]]:
+    def read_shard() -> tuple[int, list[dict[str, Any]]] | None:
+        with _clocked(phases, "examples_wait_s"):
+            given = ray.get(channel.wait_examples.remote())
+        if given.get("cancelled"):
+            return None
         with _clocked(phases, "data_s"):
-            return _my_shard(rank, world)
+            return int(given["num_examples"]), _my_shard(rank, world)
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sami-shard") as pool:
+    # Not a `with` block: a failure here must end the worker now, not once the samples come.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sami-shard")
+    try:
         shard = pool.submit(read_shard)
         with _clocked(phases, "deepspeed_s"):
             import deepspeed  # only now: it reads its collective timeout at import
@@ -228,13 +233,18 @@ def _setup(config: dict[str, Any]) -> _Worker:
         with _clocked(phases, "transformers_s"):
             import transformers.models.auto.modeling_auto  # noqa: F401  what tokenising and loading will need
             import transformers.models.auto.tokenization_auto  # noqa: F401
-        with _clocked(phases, "data_wait_s"):  # what the read added once the rest was done
-            rows = shard.result()
+        with _clocked(phases, "data_wait_s"):  # what the wait and the read added once the rest was done
+            got = shard.result()
+    finally:
+        pool.shutdown(wait=False)
+    if got is None:
+        return None
+    num_examples, rows = got
     with _clocked(phases, "tokenize_s"):
         pad_id, examples, ids = _tokenize(init_path, rows, cfg.objective, config.get("max_prompt_tokens"))
     steps = total_steps(num_examples, epochs=cfg.epochs, max_steps=cfg.max_steps,
                         micro_batch=cfg.micro_batch_queries, grad_accum=cfg.grad_accum, world_size=world)
-    return _Worker(cfg=cfg, rank=rank, world=world, seed=config["seed"], sink=config.get("metrics_sink"),
+    return _Worker(cfg=cfg, rank=rank, world=world, seed=config["seed"], sink=channel,
                    init_path=init_path, ref_path=ref_path, pad_id=pad_id, examples=examples,
                    example_ids=ids, num_examples=num_examples, steps=steps,
                    run_id=config.get("run_id", ""), local_storage=config.get("local_storage"), phases=phases)

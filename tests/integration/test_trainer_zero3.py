@@ -237,3 +237,50 @@ def test_early_stop_in_bf16(ray_cluster, workdir, model_dir, examples_path):
 
     with safe_open(str(Path(result.model_dir) / "model.safetensors"), framework="pt") as f:
         assert f.get_tensor(next(iter(f.keys()))).dtype == torch.bfloat16
+
+
+def _free_cpus() -> float:
+    import ray
+
+    return ray.available_resources().get("CPU", 0.0)
+
+
+def _wait_for(condition, what: str, timeout_s: float = 120.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_a_group_started_before_its_samples_exist_trains_on_them(ray_cluster, workdir, model_dir):
+    """trainer.start_early: the group starts while there is no samples file yet (its dataset included), waits,
+    and trains on the file once it is handed over; a group whose samples never come is cancelled and frees its
+    CPUs."""
+    from sami_ray.train import TrainingLaunch
+
+    def launch(name: str) -> TrainingLaunch:
+        return TrainingLaunch(str(model_dir), None, _cfg(max_steps=2), str(workdir / "storage"), run_name=name,
+                              resources=RoleResources(num_cpus=1), seed=0)
+
+    early = launch("early")
+    early.start()
+    _wait_for(lambda: _free_cpus() == 0, "the early group to take both CPUs")
+    late = workdir / "late.jsonl"
+    assert not late.exists()
+    _write_examples(late, model_dir)
+    result = early.train_on(str(late), str(workdir / "early" / "model"))
+    assert result.summary["steps"] == 2 and [m["step"] for m in result.metrics] == [1, 2]
+    phases = result.summary["phases"]
+    assert phases["started_early_s"] > 0 and phases["examples_wait_s"] > 0, phases
+    assert (Path(result.model_dir) / "model.safetensors").exists()
+    _wait_for(lambda: _free_cpus() == 2, "the finished group to free its CPUs")
+
+    cancelled = launch("cancelled")
+    cancelled.start()
+    _wait_for(lambda: _free_cpus() == 0, "the second group to take both CPUs")
+    cancelled.cancel()
+    _wait_for(lambda: _free_cpus() == 2, "the cancelled group to free its CPUs", timeout_s=30)
+    assert not (workdir / "storage" / "cancelled").exists() or not any(
+        (workdir / "storage" / "cancelled").rglob("checkpoint_*")), "a cancelled group reported a checkpoint"

@@ -60,6 +60,8 @@ class FakeRoles:
         self.generated = 0  # prompts answered
         self.loaded: list[int] = []  # generations the policy was asked to hold, in order
         self.shut = 0
+        self.early: list[tuple] = []  # start_training's arguments, one per call
+        self.train_args: list[tuple] = []  # train's (init model, storage target, seed), one per call
 
     def base_model(self) -> Path:
         return self.base
@@ -91,8 +93,13 @@ class FakeRoles:
     def judge(self):
         return None
 
+    def start_training(self, init_model: str | None, storage, seed: int) -> bool:
+        self.early.append((init_model, storage[1], seed))
+        return False  # the real roles' early launch is tested with a real worker group
+
     def train(self, examples_path: Path, init_model: str | None, output_dir: Path, storage, seed: int
               ) -> TrainResult:
+        self.train_args.append((init_model, storage[1], seed))
         k = len(Path(examples_path).read_text().splitlines())  # examples exist and are readable
         assert k > 0
         iteration = int(re.search(r"iter-(\d+)", str(storage[1])).group(1))

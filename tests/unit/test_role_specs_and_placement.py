@@ -205,7 +205,18 @@ def test_trainer_gets_task_max_prompt_tokens_and_the_worker_cuts_prompts(tmp_pat
     from tests.support.tiny_models import build_tokenizer
 
     seen = {}
-    monkeypatch.setattr(train_pkg, "train", lambda **kw: seen.update(kw))
+
+    class Recording:
+        def __init__(self, **kw):
+            seen.update(kw)
+
+        def train_on(self, examples_path, output_dir):
+            seen["examples_path"] = examples_path
+
+        def cancel(self):
+            pass
+
+    monkeypatch.setattr(train_pkg, "TrainingLaunch", Recording)
     monkeypatch.setattr("sami_ray.roles.ensure_ray", lambda res: None)
     roles = _roles(["task.max_prompt_tokens=7"], {})
     roles.base_model = lambda: tmp_path  # type: ignore[method-assign]
@@ -322,3 +333,28 @@ def test_training_data_follows_the_objective(tmp_path):
     write_pairs(user, [TextPair("u", "Hi?", "Hello.", "Go away.")])
     (row,) = read_jsonl(data("trainer.objective=dpo", f"trainer.pairs_file={user}"))
     assert row["prompt"] == "Hi?"
+
+
+def test_the_trainer_starts_early_by_default_only_where_it_does_not_share_the_samplers_cores(monkeypatch):
+    """trainer.start_early auto: not on a one-machine Ray that counts more CPUs than the machine has cores (the
+    demo's 4 on 2 cores); yes on a cluster of several nodes, or one that counts what it has."""
+    import ray
+
+    from sami_ray import roles as roles_module
+
+    here = "10.0.0.1"
+    monkeypatch.setattr(ray.util, "get_node_ip_address", lambda: here)
+    monkeypatch.setattr(roles_module.os, "cpu_count", lambda: 2)
+
+    def nodes(*cpus: float, address: str = here):
+        monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "NodeManagerAddress": address,
+                                                    "Resources": {"CPU": c}} for c in cpus])
+
+    nodes(4.0)
+    assert roles_module._cores_shared()
+    nodes(2.0)
+    assert not roles_module._cores_shared()
+    nodes(4.0, 4.0)
+    assert not roles_module._cores_shared()
+    nodes(4.0, address="10.0.0.9")  # a one-node cluster elsewhere: its cores are not this machine's
+    assert not roles_module._cores_shared()

@@ -136,3 +136,17 @@ def test_the_run_store_redacts_secrets_and_names_missing_or_taken_runs(tmp_path)
         RunStore.create(cfg, "r")
     with pytest.raises(Exception, match="no run at"):
         RunStore.open(str(tmp_path / "runs" / "nothing"))
+
+
+def test_each_iteration_launches_its_trainer_during_sampling_with_the_arguments_it_trains_with(tmp_path):
+    """trainer.start_early: the loop asks the roles to launch iteration k's worker group once its sampler pool is
+    up; the launch is only used by a `train` call with the same model, storage target and seed."""
+    cfg = make_cfg(tmp_path)
+    store = RunStore.create(cfg, "r", cache_dir=tmp_path / "c")
+    roles = FakeRoles(tmp_path)
+    walk(cfg, store, roles)
+    assert len(roles.early) == 2 and roles.early == roles.train_args
+    assert roles.early[0][0] is None and "iter-0001-model" in roles.early[1][0], "iteration 2 starts from 1's model"
+    resumed = FakeRoles(tmp_path / "again")
+    walk(cfg, reopen(store, tmp_path, "c2"), resumed)
+    assert resumed.early == [], "no trainer is launched for a model that is committed"
