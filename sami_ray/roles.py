@@ -137,7 +137,8 @@ class StepProgress:
 def _cores_shared() -> bool:
     """Whether the Ray cluster is this one machine and counts more CPUs than it has cores (the demo's sampler and
     trainer take turns on the same cores). A trainer starting beside the sampling then slows the sampling by more
-    than its start saves (bench_demo_train.py on 2 cores: sampling 1.66x, sampling and training together 1.06x)."""
+    than its start saves (bench_demo_train.py on 2 cores: sampling 1.66x to 1.67x, sampling and training together
+    1.06x to 1.11x)."""
     import ray
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]

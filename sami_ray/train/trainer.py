@@ -282,10 +282,10 @@ class TrainingLaunch:
         except BaseException:
             self.cancel()
             raise
-        if not self.started:
+        early = self.started
+        if not early:
             self.start()
         t0 = time.perf_counter()
-        started_early_s = t0 - self._started
         self._given = True
         try:
             ray.get(self._channel.give.remote({"path": os.path.abspath(examples_path), "num_examples": num_examples}))
@@ -314,8 +314,8 @@ class TrainingLaunch:
         phases = exported.get("phases") or {}
         if "started_at" in phases:  # from the launch to the first line of the worker's loop: the group's start
             phases["group_start_s"] = phases.pop("started_at") - self._started_wall
-        if started_early_s > 0:
-            phases["started_early_s"] = started_early_s  # how much of the above ran while the samples were drawn
+        if early:
+            phases["started_early_s"] = t0 - self._started  # how much of the above ran while the samples were drawn
         phases["fetch_s"] = time.perf_counter() - t_fetch
         last = next((m for m in reversed(metrics) if "loss" in m), {})
         summary = {**exported, "phases": phases, "wall_s": wall, "reports": len(metrics),
