@@ -6,8 +6,8 @@ exit hard after optimizer step 3 (and `delay_s` seconds), unless the marker file
 first, so it happens once per marker. `{"sampler_exit": {"call": 2, "marker": "/tmp/y"}}` makes a sampler replica
 exit hard in the middle of its second `generate` call (without "call": of any call made while the marker is
 absent); `{"sampler_start_exit": {"marker": "/tmp/z"}}` makes a replica exit as it reports ready (as one placed
-on a node that is dying does). The delay lets Ray Train's controller register the checkpoints already reported: it polls workers
-periodically, and a checkpoint reported just before a crash may otherwise be dropped.
+on a node that is dying does). The delay lets Ray Train's controller register the checkpoints already reported:
+it polls workers periodically, and a checkpoint reported just before a crash may otherwise be dropped.
 `{"trace_examples": {"dir": "/tmp/t"}}` makes every training rank append "step<TAB>query id" lines of what it
 trains on to dir/rank-<r>.tsv, so a test can see which examples each worker saw, before and after a restart.
 """

@@ -1,6 +1,6 @@
-"""Training on Ray Train + DeepSpeed. `train`, `TrainingLaunch` and `TrainResult` load on first use: `sami_ray.train.step` (torch only)
-must import without the trainer's config (pydantic, yaml), since scripts/gpu_check.sh runs the step on a bare GPU
-machine that has neither."""
+"""Training on Ray Train + DeepSpeed. `train`, `TrainingLaunch` and `TrainResult` load on first use:
+`sami_ray.train.step` (torch only) must import without the trainer's config (pydantic, yaml), since
+scripts/gpu_check.sh runs the step on a bare GPU machine that has neither."""
 
 from __future__ import annotations
 

@@ -4,9 +4,8 @@ The group may be launched before its examples exist (trainer.start_early: its st
 channel actor hands it the samples file once committed. The examples reach the workers as a Ray Data dataset read
 from that file on the driver's node (a run of 100,000 queries is never one task argument); every worker keeps and
 tokenises only its own shard (data_stream). Rank 0 streams each step's statistics to the same channel, which the
-driver polls for its progress line. The exported
-model travels back through the run's checkpoint storage (the last checkpoint rank 0 reports), so it reaches the
-driver's `output_dir` wherever the workers ran.
+driver polls for its progress line. The exported model travels back through the run's checkpoint storage (the last
+checkpoint rank 0 reports), so it reaches the driver's `output_dir` wherever the workers ran.
 """
 
 from __future__ import annotations

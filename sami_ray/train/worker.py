@@ -121,7 +121,7 @@ class _Worker:
     rank: int
     world: int
     seed: int
-    sink: Any  # the stage's channel (trainer._StageChannel): steps and reports go there
+    channel: Any  # the stage's channel (trainer._StageChannel): steps and reports go there
     init_path: str
     ref_path: str | None
     pad_id: int
@@ -244,7 +244,7 @@ def _setup(config: dict[str, Any]) -> _Worker | None:
         pad_id, examples, ids = _tokenize(init_path, rows, cfg.objective, config.get("max_prompt_tokens"))
     steps = total_steps(num_examples, epochs=cfg.epochs, max_steps=cfg.max_steps,
                         micro_batch=cfg.micro_batch_queries, grad_accum=cfg.grad_accum, world_size=world)
-    return _Worker(cfg=cfg, rank=rank, world=world, seed=config["seed"], sink=channel,
+    return _Worker(cfg=cfg, rank=rank, world=world, seed=config["seed"], channel=channel,
                    init_path=init_path, ref_path=ref_path, pad_id=pad_id, examples=examples,
                    example_ids=ids, num_examples=num_examples, steps=steps,
                    run_id=config.get("run_id", ""), local_storage=config.get("local_storage"), phases=phases)
@@ -464,7 +464,7 @@ def _objective(w: _Worker, batch: list[Any], idx: list[int]) -> tuple[Any, dict[
 
 def _publish_step(w: _Worker, step: int, stats: dict[str, float]) -> None:
     """Rank 0 shows each optimizer step while training runs: on the dashboard (Ray metrics), in the job log, and
-    to the driver's progress line (through the metrics actor; not awaited)."""
+    to the driver's progress line (through the stage's channel; not awaited)."""
     if w.rank != 0:
         return
     from .. import metrics
@@ -479,10 +479,9 @@ def _publish_step(w: _Worker, step: int, stats: dict[str, float]) -> None:
     mi = f" mi {stats['mi_bound']:.3f}" if "mi_bound" in stats else ""
     log.info("train step %d/%d loss %.4f%s acc %.2f grad_norm %.3g lr %.2g %.0f tok/s", step, w.steps,
              stats["loss"], mi, accuracy, stats["grad_norm"], stats["lr"], stats["tokens_per_s"])
-    if w.sink is not None:
-        w.sink.add_step.remote({"step": step, "total_steps": w.steps, "loss": stats["loss"],
-                                "mi_bound": stats.get("mi_bound"), "accuracy": accuracy,
-                                "grad_norm": stats["grad_norm"]})
+    w.channel.add_step.remote({"step": step, "total_steps": w.steps, "loss": stats["loss"],
+                               "mi_bound": stats.get("mi_bound"), "accuracy": accuracy,
+                               "grad_norm": stats["grad_norm"]})
 
 
 def _maybe_report(w: _Worker, p: _Progress) -> None:
@@ -502,8 +501,8 @@ def _maybe_report(w: _Worker, p: _Progress) -> None:
                                                          grad_accum=cfg.grad_accum, world_size=w.world))
     metrics["early_stopped"] = p.early_stopped
     _report(w, metrics, ckpt.save(w.engine, {"step": p.step}, w.rank) if save_now else None)
-    if w.rank == 0 and w.sink is not None:
-        ray.get(w.sink.add.remote(metrics))
+    if w.rank == 0:
+        ray.get(w.channel.add.remote(metrics))
     p.window = []
 
 
