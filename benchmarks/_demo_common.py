@@ -11,6 +11,7 @@ that kernel too.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue as queue_module
 import statistics
 import time
@@ -110,14 +111,24 @@ def _put_result(queue: Any, target: Callable[..., dict], args: tuple) -> None:
     queue.put(target(*args))
 
 
-def run_spawned(target: Callable[..., dict], *args: Any) -> tuple[dict, float]:
-    """`target(*args)` in a fresh spawned process; (its result, seconds from spawn to the process's end), so the
-    interpreter start and every import count as they do for a script a user runs."""
+def run_spawned(target: Callable[..., dict], *args: Any, env: dict[str, str] | None = None) -> tuple[dict, float]:
+    """`target(*args)` in a fresh spawned process, with `env` added to its environment from its start; (its result,
+    seconds from spawn to the process's end), so the interpreter start and every import count as they do for a
+    script a user runs."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_put_result, args=(queue, target, args))
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})  # the child copies the environment as it starts (glibc reads malloc's there)
     t0 = time.perf_counter()
-    proc.start()
+    try:
+        proc.start()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     while True:
         try:
             result = queue.get(timeout=5)

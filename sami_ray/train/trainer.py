@@ -15,7 +15,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,20 @@ from ..config import RoleResources, TrainerConfig
 from ..errors import DataError, UserError
 from ..sami.data import SamiExample, read_jsonl
 from . import checkpoint as ckpt
+
+# glibc's malloc hands every large freed block back to the kernel, and a thread's arena (Ray Train runs the loop in
+# a thread) unmaps whole heaps, so each CPU step faults its activations and gradients in again, page by page: in
+# the demo about 250,000 page faults a step, which made the step 1.25x as long. Kept in one arena and never
+# unmapped, freed memory is reused from the second step on (benchmarks/bench_demo_train.py).
+CPU_WORKER_MALLOC = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**50)}
+
+
+def worker_env_vars(use_gpu: bool, already_set: Collection[str]) -> dict[str, str]:
+    """What the training workers' environment adds: the malloc settings above on CPU workers, except those the
+    user has set (`already_set`: the driver's and the job's variables)."""
+    if use_gpu:
+        return {}
+    return {k: v for k, v in CPU_WORKER_MALLOC.items() if k not in already_set}
 
 
 @dataclass
@@ -106,6 +120,14 @@ def _check_pairs(path: str) -> int:
     if not count:
         raise DataError(f"{path}: no pairs to train on")
     return count
+
+
+def _set_env_vars() -> set[str]:
+    """The names of the variables set in the driver's environment or in the job's runtime environment."""
+    import ray
+
+    job = (ray.get_runtime_context().runtime_env or {}).get("env_vars") or {}
+    return {*os.environ, *job}
 
 
 def _data_config() -> Any:
@@ -254,7 +276,8 @@ class TrainingLaunch:
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=cfg.collective_timeout_min * 60),
             run_config=RunConfig(name=run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,
                                  failure_config=FailureConfig(max_failures=cfg.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=None)),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=None),
+                                 worker_runtime_env={"env_vars": worker_env_vars(use_gpu, _set_env_vars())}),
         )
         self._started, self._started_wall = time.perf_counter(), time.time()
         self._thread = threading.Thread(target=self._fit, args=(trainer,), name="sami-train-fit", daemon=True)
