@@ -248,14 +248,15 @@ class TrainingLaunch:
     def started(self) -> bool:
         return self._thread is not None
 
-    def start(self) -> None:
-        """Launch the worker group in the background; its workers wait for `train_on`'s examples."""
+    def start(self, examples_path: str | None = None) -> None:
+        """Launch the worker group in the background; its workers wait for `train_on`'s examples (`examples_path`
+        when they exist already)."""
         import ray
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
 
         from ..actors.placement import bundle, require_custom
-        from .samples_source import samples_dataset
+        from .samples_source import committed_samples_dataset, samples_dataset
         from .worker import train_loop
 
         cfg, resources = self.cfg, self.resources
@@ -268,7 +269,8 @@ class TrainingLaunch:
         trainer = TorchTrainer(
             train_loop,
             train_loop_config={**self._config, "channel": self._channel},
-            datasets={"train": samples_dataset(self._channel)},
+            datasets={"train": committed_samples_dataset(examples_path) if examples_path
+                      else samples_dataset(self._channel)},
             dataset_config=_data_config(),
             # CPUs, GPUs and the custom resources (resources.trainer.custom) of one worker
             scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
@@ -306,7 +308,7 @@ class TrainingLaunch:
             raise
         early = self.started
         if not early:
-            self.start()
+            self.start(examples_path)
         t0 = time.perf_counter()
         self._given = True
         try:

@@ -228,6 +228,20 @@ def test_bad_input_is_one_user_error(ray_cluster, workdir, model_dir, examples_p
         _train(ray_cluster, workdir, workdir / "no-such-model", examples_path, "bad", _cfg())
 
 
+def test_a_committed_samples_file_reaches_ray_data_in_file_order(ray_cluster, workdir, monkeypatch):
+    """A stage that starts with its samples gets them as blocks the driver put into the object store: in file
+    order across blocks, blank lines left out as the driver's count leaves them out."""
+    from sami_ray.train import samples_source
+
+    monkeypatch.setattr(samples_source, "_LINES_PER_BLOCK", 3)
+    lines = [json.dumps({"n": i}) for i in range(8)]
+    path = workdir / "committed.jsonl"
+    path.write_text("\n".join(lines[:4]) + "\n\n  \n" + "\n".join(lines[4:]) + "\n")
+    ds = samples_source.committed_samples_dataset(str(path))
+    assert ds.num_blocks() == 3
+    assert [row["text"] for row in ds.iter_rows()] == lines
+
+
 def test_early_stop_in_bf16(ray_cluster, workdir, model_dir, examples_path):
     cfg = _cfg(dtype="bfloat16", early_stop_mi_bound=0.05, report_every=2, max_steps=8, lr=3e-3)
     result = _train(ray_cluster, workdir, model_dir, examples_path, "early-stop", cfg)
