@@ -11,12 +11,13 @@ that kernel too.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import queue as queue_module
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
+
+from sami_ray.runtime import environ
 
 
 def demo_config(storage: str, overrides: list[str]):
@@ -118,17 +119,9 @@ def run_spawned(target: Callable[..., dict], *args: Any, env: dict[str, str] | N
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_put_result, args=(queue, target, args))
-    saved = {k: os.environ.get(k) for k in env or {}}
-    os.environ.update(env or {})  # the child copies the environment as it starts (glibc reads malloc's there)
     t0 = time.perf_counter()
-    try:
+    with environ(env or {}):  # the child copies the environment as it starts (glibc reads malloc's there)
         proc.start()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     while True:
         try:
             result = queue.get(timeout=5)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from . import logs
 from .config import ResourcesConfig
@@ -25,6 +27,21 @@ _ALWAYS = {
     # training stage ends by that wait.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
 }
+
+
+@contextmanager
+def environ(values: dict[str, str]) -> Iterator[None]:
+    """`values` in this process's environment for the block (for the processes it starts), then as they were."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def has_cuda() -> bool:

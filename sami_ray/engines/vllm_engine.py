@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from ..config import EngineOptions
+from ..runtime import environ
 from .base import Generation, SamplingSpec, encode_pair, prompt_seeds
 
 log = logging.getLogger(__name__)
@@ -27,20 +26,6 @@ def _cpu_tp_env(tp: int) -> dict[str, str]:
     threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
     return {"VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"),
             "OMP_NUM_THREADS": str(max(1, threads // tp))}
-
-
-@contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class VLLMEngine:
@@ -64,7 +49,7 @@ class VLLMEngine:
         else:
             kwargs["gpu_memory_utilization"] = o.gpu_memory_utilization
         self.model_path = str(model_path)
-        with _environ(env):  # read by the rank processes the "mp" executor spawns now
+        with environ(env):  # read by the rank processes the "mp" executor spawns now
             self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.version = 0
