@@ -17,6 +17,7 @@ from sami_ray.config import RoleResources, TrainerConfig
 from sami_ray.sami.constitutions import Constitution
 from sami_ray.sami.data import Query, SamiExample, save_examples
 from sami_ray.train import train
+from sami_ray.train.trainer import CPU_WORKER_MALLOC
 from tests.support.tiny_models import tiny_model
 
 pytestmark = pytest.mark.timeout(600)
@@ -26,6 +27,18 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _train_worker_env() -> dict[str, str]:
+    """The environment of a running Ray Train worker process on this machine, or {} when none runs."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
+                pairs = (item.split("=", 1) for item in (proc / "environ").read_text().split("\0") if "=" in item)
+                return dict(pairs)
+        except OSError:  # the process ended while being read
+            continue
+    return {}
 
 
 def _scrape(port: int, name: str, run: str) -> list[float]:
@@ -72,11 +85,13 @@ def test_step_counter_moves_on_the_dashboard_while_training(cluster, examples, t
     model, path = examples
     seen: list[tuple[float, float]] = []
     steps_to_driver: list[int] = []
+    worker_env: dict[str, str] = {}
     done = threading.Event()
 
     def watch():
         while not done.is_set():
             seen.extend((time.time(), v) for v in _scrape(cluster, "ray_sami_train_step", "live"))
+            worker_env.update(worker_env or _train_worker_env())
             time.sleep(0.5)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -98,6 +113,9 @@ def test_step_counter_moves_on_the_dashboard_while_training(cluster, examples, t
     norms = [m["grad_norm"] for m in result.metrics if "grad_norm" in m]
     assert norms and all(math.isfinite(g) and g > 0 for g in norms), norms
     assert _scrape(cluster, "ray_sami_train_grad_norm", "live"), "no gradient norm on the dashboard"
+    # The CPU workers ran with the trainer's malloc settings, beside the job's own variables.
+    assert {k: worker_env.get(k) for k in CPU_WORKER_MALLOC} == CPU_WORKER_MALLOC, worker_env
+    assert worker_env.get("DS_ACCELERATOR") == "cpu"
 
 
 def test_grad_norm_is_real_in_the_demo_setting(cluster, examples, tmp_path):
