@@ -24,7 +24,7 @@ _LINES_PER_BLOCK = 4096  # a block of examples stays a few MiB however long the 
 class SamplesSource(Datasource):
     def __init__(self, channel: Any):
         super().__init__()
-        self.channel = channel  # the stage's channel actor (train/trainer.py `_StageChannel`)
+        self.channel = channel  # the stage's channel actor (train/channel.py `StageChannel`)
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None  # unknown until the samples are handed over

@@ -25,6 +25,7 @@ from ..config import RoleResources, TrainerConfig
 from ..errors import DataError, UserError
 from ..sami.data import SamiExample, read_jsonl
 from . import checkpoint as ckpt
+from .channel import StageChannel
 
 # glibc's malloc hands every large freed block back to the kernel, and a thread's arena (Ray Train runs the loop in
 # a thread) unmaps whole heaps, so each CPU step faults its activations and gradients in again, page by page: in
@@ -46,40 +47,6 @@ class TrainResult:
     model_dir: str  # HF safetensors folder: config, tokenizer, model.safetensors
     metrics: list[dict[str, Any]] = field(default_factory=list)  # one per report, in step order
     summary: dict[str, Any] = field(default_factory=dict)
-
-
-class _StageChannel:
-    """The driver's line to one training stage's worker group: the samples handed over once committed (the group
-    may start before they exist), rank 0's per-step statistics and reports coming back. A restarted group re-sends
-    some steps; the latest one wins. All methods are coroutines: the actor runs them on one event loop."""
-
-    def __init__(self) -> None:
-        import asyncio
-
-        self.by_step: dict[int, dict[str, Any]] = {}
-        self.last_step: dict[str, Any] | None = None
-        self.examples: dict[str, Any] | None = None  # {"path", "num_examples"}, or {"cancelled": True}
-        self._given = asyncio.Event()
-
-    async def give(self, examples: dict[str, Any]) -> None:
-        self.examples = examples
-        self._given.set()
-
-    async def wait_examples(self) -> dict[str, Any]:
-        await self._given.wait()
-        return self.examples  # type: ignore[return-value]
-
-    async def add(self, metrics: dict[str, Any]) -> None:
-        self.by_step[int(metrics["step"])] = metrics
-
-    async def add_step(self, stats: dict[str, Any]) -> None:
-        self.last_step = stats
-
-    async def latest_step(self) -> dict[str, Any] | None:
-        return self.last_step
-
-    async def all(self) -> list[dict[str, Any]]:
-        return [self.by_step[k] for k in sorted(self.by_step)]
 
 
 def _check_examples(path: str) -> int:
@@ -263,7 +230,7 @@ class TrainingLaunch:
         require_custom("trainer", resources, cfg.num_workers)  # Ray Train would wait for them forever
         # The channel lives on the head node, which lives as long as the cluster: a lost worker node (a sampler's)
         # must not take the training's metrics with it.
-        self._channel = ray.remote(num_cpus=0)(_StageChannel).options(resources={HEAD_NODE: 0.001}).remote()
+        self._channel = ray.remote(num_cpus=0)(StageChannel).options(resources={HEAD_NODE: 0.001}).remote()
         use_gpu = resources.num_gpus > 0
         storage_path, storage_filesystem, run_name = self._storage
         trainer = TorchTrainer(

@@ -121,7 +121,7 @@ class _Worker:
     rank: int
     world: int
     seed: int
-    channel: Any  # the stage's channel (trainer._StageChannel): steps and reports go there
+    channel: Any  # the stage's channel (channel.StageChannel): steps and reports go there
     init_path: str
     ref_path: str | None
     pad_id: int
