@@ -103,4 +103,8 @@ def ensure_ray(resources: ResourcesConfig) -> None:
         # training thread and the others wait for it at the next parallel barrier: the demo's step ran 1.13x
         # slower. Our workers are the machine's work here; they run at the normal priority.
         ray.init(num_cpus=num_cpus, _system_config={"worker_niceness": 0}, **kwargs)
+        # Ray Train starts a preemption watcher process with every worker group, to act on a node being drained
+        # (a reclaimed spot instance). No one drains the one node of a cluster this process started, and on a
+        # small machine that process's start competes with the workers' own (Ray Train reads this in the driver).
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     logs.ray_started()
