@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.imports import loaded_with
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -37,20 +39,12 @@ def test_small_check_prints_one_table_with_every_row(tmp_path):
     assert max(losses) - min(losses) < 1e-4, losses
 
 
-def _imported(modules: str, watched: tuple[str, ...]) -> list[str]:
-    code = (f"import sys; sys.path.insert(0, 'benchmarks'); import {modules}; "
-            f"print(','.join(m for m in {watched!r} if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return [m for m in out.stdout.strip().split(",") if m]
-
-
 def test_the_check_imports_nothing_a_bare_gpu_machine_lacks():
     # The check itself: torch, transformers and the step modules only.
-    assert _imported("gpu_check, sami_ray.train.step",
+    assert loaded_with("gpu_check, sami_ray.train.step",
                      ("pydantic", "ray", "deepspeed", "vllm", "sami_ray.config")) == []
     # Its DeepSpeed child may use pydantic (carried with DeepSpeed), never Ray or vLLM.
-    assert _imported("sami_ray.train.worker, sami_ray.train.ds_config, sami_ray.train.optim, sami_ray.config",
+    assert loaded_with("sami_ray.train.worker, sami_ray.train.ds_config, sami_ray.train.optim, sami_ray.config",
                      ("ray", "vllm")) == []
 
 

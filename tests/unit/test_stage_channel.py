@@ -1,19 +1,16 @@
-"""The training stage's channel: its actor process loads no torch or pydantic, and it hands over what it is given."""
+"""The training stage's channel: its module loads neither torch nor the config, and it hands over what it is
+given."""
 
 import asyncio
-import subprocess
-import sys
 
 from sami_ray.train.channel import StageChannel
+from tests.support.imports import loaded_with
 
 
 def test_the_channel_module_loads_neither_torch_nor_the_config():
     # Each stage starts the channel's process beside Ray Train's controller; torch alone is about 1.7 s of CPU.
-    code = ("import sys, sami_ray.train.channel; "
-            "print(','.join(m for m in ('torch', 'pydantic', 'sami_ray.config', 'sami_ray.train.trainer') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert out.stdout.strip() == "", out.stdout
+    assert loaded_with("sami_ray.train.channel",
+                       ("torch", "pydantic", "sami_ray.config", "sami_ray.train.trainer")) == []
 
 
 def test_the_examples_wait_until_given_and_reports_come_back_in_step_order():
@@ -24,10 +21,11 @@ def test_the_examples_wait_until_given_and_reports_come_back_in_step_order():
         assert not waiting.done()
         await channel.give({"path": "samples.jsonl", "num_examples": 3})
         assert await waiting == {"path": "samples.jsonl", "num_examples": 3}
-        for step in (16, 8, 8):  # a restarted group re-sends step 8: the latest wins
-            await channel.add({"step": step, "loss": float(step)})
+        # A restarted group re-sends step 8 (with what it computed again): the latest report wins.
+        for step, loss in ((16, 0.5), (8, 0.7), (8, 0.6)):
+            await channel.add({"step": step, "loss": loss})
         await channel.add_step({"step": 17})
         return await channel.all(), await channel.latest_step()
 
     reports, latest = asyncio.run(scenario())
-    assert [r["step"] for r in reports] == [8, 16] and latest == {"step": 17}
+    assert [(r["step"], r["loss"]) for r in reports] == [(8, 0.6), (16, 0.5)] and latest == {"step": 17}
