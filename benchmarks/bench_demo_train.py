@@ -117,8 +117,8 @@ def main() -> None:
         plain_args = (str(examples), model, str(workdir / "plain"), threads, t, cfg.task.max_prompt_tokens, seed,
                       args.plain_optimizer)
 
-        def plain_run() -> dict:
-            plain, script_s = run_spawned(_plain, *plain_args)
+        def plain_run(env: dict[str, str] | None = None) -> dict:
+            plain, script_s = run_spawned(_plain, *plain_args, env=env)
             # As a user runs it: interpreter start and imports too, as the stage pays them in its worker process.
             return {**plain, "script_s": script_s}
 
@@ -134,7 +134,7 @@ def main() -> None:
                 after, _ = _ours(workdir / f"round{r}", args.overrides, "never")
             rounds.append({"ours_after": after, "plain": plain})
         # The same loop given the malloc settings of our CPU workers: how much of our lead is that setting alone.
-        tuned, _ = run_spawned(_plain, *plain_args, env=CPU_WORKER_MALLOC)
+        tuned = plain_run(CPU_WORKER_MALLOC)
         n = sum(1 for _ in open(examples))
         print(f"demo training stage, SmolLM2-135M, {n} examples, epochs {t.epochs}, {threads} threads, "
               f"dtype {t.dtype}, ZeRO stage {t.zero_stage}, plain optimizer: {args.plain_optimizer}")
@@ -146,9 +146,8 @@ def main() -> None:
                   f"{o['steps']:>7}{o['step_s']:>8.2f}{o['loss']:>11.4f}")
         plain_rows = [(f"plain, round {i + 1}", x["plain"]) for i, x in enumerate(rounds)]
         for name, q in [*plain_rows, ("plain, malloc as ours", tuned)]:
-            script = f"   (as a script: {q['script_s']:.1f} s)" if "script_s" in q else ""
             print(f"{name:<30}{'':>11}{q['wall_s']:>11.1f}{'':>8}{q['steps']:>7}{q['step_s']:>8.2f}"
-                  f"{q['loss']:>11.4f}{script}")
+                  f"{q['loss']:>11.4f}   (as a script: {q['script_s']:.1f} s)")
         for name, o in ours_rows[:2]:
             print(f"{name}, where the stage's time went: " + ", ".join(f"{k} {v:.1f}" for k, v in o["phases"].items()))
         ours_s = [x["ours_after"]["wall_s"] for x in rounds]
